@@ -1,0 +1,32 @@
+"""refseg: training-free reference-based instance segmentation.
+
+Show a few annotated examples of each class; refseg finds, segments and labels every
+instance of those classes in new images (SAM2 proposals + DINOv2 semantic matching, the
+method of "No time to train!", Espinosa et al. 2025).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import EncoderMismatchError, InvalidInputError, RefsegError, WeightsUnavailableError
+from .instances import Instances
+from .memory import MemoryBank
+from .presets import FAST, PAPER, PRESETS, Preset, get_preset
+from .segmenter import Segmenter
+
+__all__ = [
+    "FAST",
+    "PAPER",
+    "PRESETS",
+    "EncoderMismatchError",
+    "Instances",
+    "InvalidInputError",
+    "MemoryBank",
+    "Preset",
+    "RefsegError",
+    "Segmenter",
+    "WeightsUnavailableError",
+    "__version__",
+    "get_preset",
+]

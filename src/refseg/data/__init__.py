@@ -1,0 +1,1 @@
+"""Data helpers: robust image loading, COCO io, few-shot sampling, splits, converters."""

@@ -1,0 +1,188 @@
+"""Instance masks for box-only data sets (PASCAL VOC, CD-FSOD), made by prompting SAM2 with boxes.
+
+METHOD.md section 5: the paper made the masks of its box-only benchmarks, for references and
+targets alike, by prompting SAM with the ground-truth boxes. The paper used SAM ViT-H (SAM 1);
+refseg uses the configured SAM2 proposer instead (``Proposer.masks_from_boxes``), so masks,
+and segm numbers measured against them, differ slightly from the paper's.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..errors import InvalidInputError
+from ..models.base import Proposer
+from .coco import annotations_by_image, box_to_mask, has_segmentation, iter_images, mask_to_rle
+
+logger = logging.getLogger(__name__)
+
+BOXES_PER_CALL = 64
+
+
+def proposer_input(image: np.ndarray, size: int) -> torch.Tensor:
+    """An image as the proposer's input: resized to (size, size), no aspect kept, no padding.
+
+    Args:
+        image: (H, W, 3) uint8.
+        size: the proposer's square input side S.
+
+    Returns:
+        (3, S, S) float32 in [0, 1] (bilinear, antialiased when shrinking).
+    """
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div_(255.0)
+    resized = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return resized[0].clamp_(0.0, 1.0)
+
+
+def boxes_to_input_space(boxes_xywh: np.ndarray, height: int, width: int, size: int) -> torch.Tensor:
+    """COCO boxes in image pixels -> xyxy boxes in the proposer's S x S input space.
+
+    Args:
+        boxes_xywh: (K, 4) x, y, w, h in original pixels.
+        height, width: the original image size.
+        size: S.
+
+    Returns:
+        (K, 4) float32 xyxy in S-space.
+    """
+    boxes = torch.as_tensor(np.asarray(boxes_xywh, dtype=np.float32).reshape(-1, 4))
+    xyxy = torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], dim=1)
+    scale = torch.tensor([size / width, size / height, size / width, size / height], dtype=torch.float32)
+    return xyxy * scale
+
+
+def logits_to_masks(low_res_logits: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """Low-resolution mask logits -> binary masks at the image size.
+
+    Args:
+        low_res_logits: (K, h, w) float logits (256 x 256 for SAM2).
+
+    Returns:
+        (K, H, W) bool: bilinear upsampling (align_corners=False), then logits > 0.
+    """
+    if low_res_logits.shape[0] == 0:
+        return np.zeros((0, height, width), dtype=bool)
+    upsampled = F.interpolate(
+        low_res_logits[:, None].float(), size=(height, width), mode="bilinear", align_corners=False
+    )
+    return (upsampled[:, 0] > 0).cpu().numpy()
+
+
+def boxes_to_masks(
+    coco: Mapping,
+    image_dir: str | os.PathLike,
+    proposer: Proposer,
+    *,
+    image_size: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Give every box-only annotation a mask made by SAM2 from its box.
+
+    Per image: the image is resized to the proposer's square input, the annotations' boxes
+    are scaled to that space and handed to ``proposer.masks_from_boxes``; the low-resolution
+    logits are upsampled to the image size and thresholded at 0. The mask is stored as a
+    compressed RLE ``segmentation`` with its ``area``; the ground-truth ``bbox`` is kept. An
+    empty mask (SAM2 found nothing in the box) falls back to the filled box. Each changed
+    annotation gets ``"mask_source"``: ``"sam2"`` or ``"box"``.
+
+    The paper used SAM ViT-H (SAM 1) for this step; refseg uses the configured SAM2.
+
+    Args:
+        coco: a COCO dict (not modified).
+        image_dir: the folder the images' ``file_name`` are relative to.
+        proposer: anything with ``image_size`` and ``masks_from_boxes`` (a SAM2 proposer).
+        image_size: the proposer's input side; default ``proposer.image_size``.
+        overwrite: also replace existing segmentations (default: only box-only annotations).
+        progress: show a progress bar.
+
+    Returns:
+        A new COCO dict. Unreadable images are logged, left unchanged (their annotations stay
+        box-only) and listed in ``info["boxes_to_masks"]["skipped_images"]`` as
+        ``{"id", "file_name", "error"}``.
+
+    Raises:
+        InvalidInputError: the proposer returns the wrong number of masks.
+    """
+    size = int(image_size or proposer.image_size)
+    result = copy.deepcopy(dict(coco))
+    by_image = annotations_by_image(result)
+    todo = {
+        image_id
+        for image_id, annotations in by_image.items()
+        if any((overwrite or not has_segmentation(a)) and "bbox" in a for a in annotations)
+    }
+    images = {"images": [image for image in result["images"] if int(image["id"]) in todo]}
+    errors: list[tuple[dict, str]] = []
+    counts = {"sam2": 0, "box": 0}
+    bar = tqdm(total=len(images["images"]), desc="box -> mask", unit="img", disable=not progress)
+    for info, image in iter_images(images, image_dir, skip_unreadable=True, errors=errors):
+        bar.update(1)
+        height, width = int(info["height"]), int(info["width"])
+        if image.shape[:2] != (height, width):
+            errors.append(
+                (info, f"image is {image.shape[1]}x{image.shape[0]}, the json says {width}x{height}")
+            )
+            continue
+        targets = [
+            a for a in by_image[int(info["id"])] if (overwrite or not has_segmentation(a)) and "bbox" in a
+        ]
+        masks = _masks_for_boxes(proposer, image, [a["bbox"] for a in targets], size)
+        for annotation, mask in zip(targets, masks, strict=True):
+            source = "sam2"
+            if not mask.any():
+                mask, source = box_to_mask(annotation["bbox"], height, width), "box"
+                logger.info("annotation %s: empty SAM2 mask, used its box", annotation.get("id"))
+            annotation["segmentation"] = mask_to_rle(mask)
+            annotation["area"] = float(mask.sum())
+            annotation["mask_source"] = source
+            counts[source] += 1
+    bar.update(len(images["images"]) - bar.n)
+    bar.close()
+    for info, message in errors:
+        logger.warning(
+            "boxes_to_masks: image %s (%s) skipped: %s", info.get("id"), info.get("file_name"), message
+        )
+    logger.info(
+        "boxes_to_masks: %d masks from SAM2, %d box fallbacks, %d images skipped",
+        counts["sam2"],
+        counts["box"],
+        len(errors),
+    )
+    info = dict(result.get("info") or {})
+    info["boxes_to_masks"] = {
+        "image_size": size,
+        "masks": counts,
+        "skipped_images": [
+            {"id": i.get("id"), "file_name": i.get("file_name"), "error": message} for i, message in errors
+        ],
+    }
+    result["info"] = info
+    return result
+
+
+def _masks_for_boxes(proposer: Proposer, image: np.ndarray, boxes_xywh: list, size: int) -> np.ndarray:
+    """(K, H, W) bool masks of K COCO boxes on one (H, W, 3) uint8 image."""
+    height, width = image.shape[:2]
+    pixels = proposer_input(image, size)
+    boxes = boxes_to_input_space(np.asarray(boxes_xywh, dtype=np.float32), height, width, size)
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(boxes), BOXES_PER_CALL):
+            chunk = boxes[start : start + BOXES_PER_CALL]
+            logits = proposer.masks_from_boxes(pixels, chunk)
+            if logits.ndim != 3 or logits.shape[0] != len(chunk):
+                raise InvalidInputError(
+                    f"The proposer returned masks of shape {tuple(logits.shape)} for {len(chunk)} boxes; "
+                    "expected (K, h, w) low-resolution logits."
+                )
+            chunks.append(logits_to_masks(logits, height, width))
+    return np.concatenate(chunks, axis=0) if chunks else np.zeros((0, height, width), dtype=bool)

@@ -1,0 +1,328 @@
+"""COCO json input/output: robust loading, annotation <-> mask, image iteration, atomic writes.
+
+Masks are ``(H, W) bool`` numpy arrays. Segmentations follow the COCO format: a list of
+polygons (``[[x1, y1, x2, y2, ...], ...]``), an uncompressed RLE (``{"size": [h, w],
+"counts": [int, ...]}``, as COCO uses for crowd regions) or a compressed RLE (``counts`` a
+string or bytes). Masks written by refseg are compressed RLE with a utf-8 ``counts`` string,
+so they are json-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from ..errors import InvalidInputError
+from .images import load_image
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_KEYS: tuple[str, ...] = ("images", "annotations", "categories")
+
+
+def load_coco(path: str | os.PathLike, *, require: Sequence[str] = REQUIRED_KEYS) -> dict:
+    """Read and check a COCO json file.
+
+    Args:
+        path: the json file.
+        require: top-level keys that must be present (each must hold a list). Absent optional
+            keys among ``images``/``annotations``/``categories`` are filled with ``[]``.
+
+    Returns:
+        The parsed dict.
+
+    Raises:
+        InvalidInputError: missing file, invalid json, not an object, a required key missing,
+            or malformed entries (see :func:`check_coco`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"COCO json not found: {path}")
+    try:
+        with path.open("r", encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise InvalidInputError(
+            f"{path} is not valid json (line {error.lineno}, column {error.colno}: {error.msg})."
+        ) from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidInputError(f"Cannot read {path}: {error}") from error
+    return check_coco(data, require=require, source=str(path))
+
+
+def check_coco(data: Any, *, require: Sequence[str] = REQUIRED_KEYS, source: str = "COCO data") -> dict:
+    """Check the structure of a COCO dict (in place: absent optional lists become ``[]``).
+
+    Checks: an object; the ``require`` keys are present; ``images``, ``annotations`` and
+    ``categories`` are lists; every image has an ``id``, ``width`` and ``height``; every
+    category an ``id`` and ``name``; every annotation an ``image_id`` and ``category_id``.
+    (``file_name`` is checked where pixels are needed, by :func:`image_path`.)
+
+    Raises:
+        InvalidInputError: naming the first offending key or entry.
+    """
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{source}: expected a json object with images/annotations/categories.")
+    for key in REQUIRED_KEYS:
+        if key not in data:
+            if key in require:
+                raise InvalidInputError(
+                    f"{source}: missing the {key!r} key; a COCO file needs {', '.join(map(repr, require))}."
+                )
+            data[key] = []
+        if not isinstance(data[key], list):
+            raise InvalidInputError(f"{source}: {key!r} must be a list, got {type(data[key]).__name__}.")
+    _check_entries(data["images"], ("id", "width", "height"), "image", source)
+    _check_entries(data["categories"], ("id", "name"), "category", source)
+    _check_entries(data["annotations"], ("image_id", "category_id"), "annotation", source)
+    return data
+
+
+def _check_entries(entries: list, keys: Sequence[str], kind: str, source: str) -> None:
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise InvalidInputError(f"{source}: {kind} #{index} is not an object.")
+        missing = [key for key in keys if key not in entry]
+        if missing:
+            raise InvalidInputError(f"{source}: {kind} #{index} lacks {', '.join(map(repr, missing))}.")
+
+
+def category_names(coco: Mapping) -> dict[int, str]:
+    """Category id -> name."""
+    return {int(c["id"]): str(c["name"]) for c in coco["categories"]}
+
+
+def annotations_by_image(coco: Mapping) -> dict[int, list[dict]]:
+    """Image id -> its annotations, in file order (images without any map to ``[]``)."""
+    grouped: dict[int, list[dict]] = {int(image["id"]): [] for image in coco["images"]}
+    for annotation in coco["annotations"]:
+        grouped.setdefault(int(annotation["image_id"]), []).append(annotation)
+    return grouped
+
+
+def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict:
+    """A COCO segmentation as one compressed RLE (pycocotools form: ``counts`` bytes).
+
+    Args:
+        segmentation: polygon list, uncompressed RLE or compressed RLE.
+        height, width: the image size; an RLE must agree with it.
+
+    Raises:
+        InvalidInputError: an unrecognised or inconsistent segmentation.
+    """
+    try:
+        if isinstance(segmentation, list):
+            polygons = [
+                [float(v) for v in polygon]
+                for polygon in segmentation
+                if isinstance(polygon, list | tuple) and len(polygon) >= 6 and len(polygon) % 2 == 0
+            ]
+            if len(polygons) != len(segmentation):
+                logger.debug("dropped %d degenerate polygons", len(segmentation) - len(polygons))
+            if not polygons:  # nothing drawable: an empty mask
+                return mask_utils.encode(np.zeros((height, width), dtype=np.uint8, order="F"))
+            return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+        if isinstance(segmentation, Mapping) and "counts" in segmentation and "size" in segmentation:
+            size = [int(v) for v in segmentation["size"]]
+            if size != [height, width]:
+                raise InvalidInputError(f"RLE size {size} does not match the image size {[height, width]}.")
+            counts = segmentation["counts"]
+            if isinstance(counts, list):  # uncompressed RLE
+                return mask_utils.frPyObjects(
+                    {"size": size, "counts": [int(c) for c in counts]}, height, width
+                )
+            if isinstance(counts, str):
+                counts = counts.encode("utf-8")
+            if isinstance(counts, bytes):
+                return {"size": size, "counts": counts}
+    except (TypeError, ValueError, OverflowError) as error:
+        raise InvalidInputError(f"Cannot decode a segmentation: {error}") from error
+    raise InvalidInputError(
+        "Unrecognised segmentation: expected a polygon list or an RLE dict with 'size' and 'counts', "
+        f"got {type(segmentation).__name__}."
+    )
+
+
+def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """A COCO segmentation (polygons, uncompressed or compressed RLE) as an (H, W) bool mask."""
+    rle = segmentation_to_rle(segmentation, height, width)
+    try:
+        mask = mask_utils.decode(rle)
+    except (TypeError, ValueError) as error:
+        raise InvalidInputError(f"Cannot decode an RLE segmentation: {error}") from error
+    return mask.astype(bool)
+
+
+def box_to_mask(bbox: Sequence[float], height: int, width: int) -> np.ndarray:
+    """The (H, W) bool mask of a COCO box (x, y, w, h), pixels whose centre lies inside it."""
+    x, y, w, h = (float(v) for v in bbox)
+    mask = np.zeros((height, width), dtype=bool)
+    x0, y0 = max(0, int(np.ceil(x - 0.5))), max(0, int(np.ceil(y - 0.5)))
+    x1, y1 = min(width, int(np.ceil(x + w - 0.5))), min(height, int(np.ceil(y + h - 0.5)))
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def has_segmentation(annotation: Mapping) -> bool:
+    """Whether an annotation carries a non-empty segmentation."""
+    segmentation = annotation.get("segmentation")
+    if isinstance(segmentation, list):
+        return len(segmentation) > 0
+    return isinstance(segmentation, Mapping) and "counts" in segmentation
+
+
+def annotation_to_mask(
+    annotation: Mapping, height: int, width: int, *, box_fallback: bool = False
+) -> np.ndarray:
+    """The (H, W) bool mask of one annotation.
+
+    Args:
+        annotation: a COCO annotation.
+        height, width: its image's size.
+        box_fallback: if the annotation has no segmentation, use its box instead of raising.
+
+    Raises:
+        InvalidInputError: no segmentation (and no fallback), or an undecodable one.
+    """
+    if has_segmentation(annotation):
+        return segmentation_to_mask(annotation["segmentation"], height, width)
+    if box_fallback and "bbox" in annotation:
+        return box_to_mask(annotation["bbox"], height, width)
+    raise InvalidInputError(
+        f"Annotation {annotation.get('id', '?')} has no segmentation. For box-only data sets, "
+        "make masks first (refseg.data.boxes.boxes_to_masks)."
+    )
+
+
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """An (H, W) bool mask as a json-safe compressed RLE: ``{"size": [H, W], "counts": str}``."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise InvalidInputError(f"Expected an (H, W) mask, got shape {mask.shape}.")
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return rle_to_json(rle)
+
+
+def rle_to_json(rle: Mapping) -> dict:
+    """A pycocotools RLE (``counts`` bytes) as a json-safe dict (``counts`` str)."""
+    counts = rle["counts"]
+    if isinstance(counts, bytes):
+        counts = counts.decode("utf-8")
+    return {"size": [int(v) for v in rle["size"]], "counts": counts}
+
+
+def rle_area(rle: Mapping) -> int:
+    """Number of foreground pixels of a compressed RLE (``counts`` str or bytes)."""
+    return int(mask_utils.area(_as_bytes_rle(rle)))
+
+
+def rle_to_bbox(rle: Mapping) -> list[float]:
+    """The COCO box (x, y, w, h) of a compressed RLE."""
+    return [float(v) for v in mask_utils.toBbox(_as_bytes_rle(rle))]
+
+
+def _as_bytes_rle(rle: Mapping) -> dict:
+    counts = rle["counts"]
+    return {
+        "size": list(rle["size"]),
+        "counts": counts.encode("utf-8") if isinstance(counts, str) else counts,
+    }
+
+
+def image_path(image_info: Mapping, image_dir: str | os.PathLike) -> Path:
+    """Where an image of a COCO file lies: ``image_dir / file_name``.
+
+    Raises:
+        InvalidInputError: the image entry has no ``file_name``.
+    """
+    if "file_name" not in image_info:
+        raise InvalidInputError(f"Image {image_info.get('id', '?')} of the COCO file has no 'file_name'.")
+    return Path(image_dir) / str(image_info["file_name"])
+
+
+def iter_images(
+    coco: Mapping,
+    image_dir: str | os.PathLike,
+    *,
+    skip_unreadable: bool = True,
+    errors: list[tuple[dict, str]] | None = None,
+) -> Iterator[tuple[dict, np.ndarray]]:
+    """The images of a COCO dict, in file order, loaded as (H, W, 3) uint8 RGB.
+
+    An image whose loaded size differs from the json's ``width``/``height`` is yielded with a
+    logged warning (annotations are in the json's frame).
+
+    Args:
+        coco: a COCO dict (only ``images`` is used).
+        image_dir: the folder ``file_name`` is relative to.
+        skip_unreadable: log and skip unreadable or missing images; else raise.
+        errors: if given, (image info, message) of every skipped image is appended to it.
+
+    Yields:
+        (image info dict, image array).
+
+    Raises:
+        InvalidInputError: an unreadable image when ``skip_unreadable`` is False.
+    """
+    for info in coco["images"]:
+        path = image_path(info, image_dir)
+        try:
+            image = load_image(path)
+        except InvalidInputError as error:
+            if not skip_unreadable:
+                raise
+            logger.warning("skipping image %s: %s", info.get("id"), error)
+            if errors is not None:
+                errors.append((info, str(error)))
+            continue
+        expected = (int(info["height"]), int(info["width"]))
+        if image.shape[:2] != expected:
+            logger.warning(
+                "image %s is %dx%d (HxW) but the json says %dx%d", path, *image.shape[:2], *expected
+            )
+        yield info, image
+
+
+def write_json(data: Any, path: str | os.PathLike, *, indent: int | None = None) -> Path:
+    """Write json atomically: to a temporary file in the same folder, then ``os.replace``.
+
+    A reader never sees a half-written file, and an interrupted write leaves the old file.
+    Parent folders are created.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=indent, default=_json_default)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars/arrays and bytes, which json cannot write by itself."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")

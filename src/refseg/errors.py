@@ -1,0 +1,25 @@
+"""The one exception family a user can cause.
+
+Every error a user can trigger (bad path, unreadable image, empty mask, unknown class,
+weights not reachable, a memory file built with another encoder) is a :class:`RefsegError`
+whose message says what to do. The CLI prints the message and exits non-zero; it never
+shows a traceback for these.
+"""
+
+from __future__ import annotations
+
+
+class RefsegError(Exception):
+    """Base class for errors caused by input or environment, with a user-facing message."""
+
+
+class WeightsUnavailableError(RefsegError):
+    """A model's weights could not be loaded (no network, wrong id, missing files)."""
+
+
+class InvalidInputError(RefsegError):
+    """An image, mask, box, class name or file given by the user is unusable."""
+
+
+class EncoderMismatchError(RefsegError):
+    """A memory bank was built with a different encoder than the one asked to use it."""

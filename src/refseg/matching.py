@@ -1,0 +1,516 @@
+"""The method's scoring and de-duplication (METHOD.md sections 2-4), as pure tensor functions.
+
+Every function takes and returns torch tensors (float32 unless stated), works on any device
+and keeps no state. :func:`postprocess` chains them in the paper's order:
+
+    pool -> score -> low-res boxes -> class-wise NMS (ranked by predicted IoU) -> cap
+    -> drop score 0 -> upsample -> drop empty -> soft merge -> top-k
+
+Inside :func:`postprocess` the full-resolution masks are kept as tight crops (box + bool
+crop), so memory follows the objects' areas and only the returned top-k masks are pasted
+into full (H, W) planes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import EncoderMismatchError
+
+logger = logging.getLogger(__name__)
+
+PoolMethod = Literal["fast", "dense"]
+
+# Upper bound on float32 elements of one upsampling chunk (128 MiB).
+_UPSAMPLE_CHUNK_ELEMENTS = 1 << 25
+# Masks pooled per matmul batch in the fast pooling path.
+_POOL_CHUNK = 128
+
+
+# ---------------------------------------------------------------------------- grid (section 2)
+
+
+def point_grid(points_per_side: int, image_size: int = 1024) -> torch.Tensor:
+    """The regular prompt grid, in the proposer's input pixels.
+
+    On each axis ``points_per_side`` evenly spaced values from 0 to ``image_size - 1``, plus
+    0.5; these are handed to SAM2's prompt encoder as they are.
+
+    Returns:
+        (P, 2) float32 (x, y), P = points_per_side ** 2, row-major: x varies fastest.
+    """
+    if points_per_side < 1:
+        raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
+    axis = torch.linspace(0, image_size - 1, points_per_side, dtype=torch.float32) + 0.5
+    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)
+
+
+# ---------------------------------------------------------------------------- scoring (section 3)
+
+
+def interpolation_matrix(
+    in_size: int, out_size: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """The matrix of 1-D bilinear resizing (align_corners=False), as torch computes it.
+
+    Built by resizing the identity basis with ``F.interpolate``, so ``A @ v`` equals resizing
+    ``v`` along one axis, and a 2-D resize of ``X`` (h, w) is ``Ay @ X @ Ax.T``.
+
+    Returns:
+        (out_size, in_size) float32.
+    """
+    basis = torch.eye(in_size, dtype=torch.float32, device=device).reshape(1, in_size, in_size, 1)
+    resized = F.interpolate(basis, size=(out_size, 1), mode="bilinear", align_corners=False)
+    return resized[0, :, :, 0].T.contiguous()
+
+
+def pool_object_features(
+    feature_map: torch.Tensor, masks: torch.Tensor, method: PoolMethod = "fast"
+) -> torch.Tensor:
+    """Mean of the bilinearly upsampled feature map inside each mask, L2-normalised.
+
+    The feature map is upsampled (align_corners=False) to the masks' grid. ``"dense"`` does
+    exactly that; ``"fast"`` (same numbers up to float rounding) never builds the upsampled
+    (C, M, M) map: upsampling is linear and separable, ``U = Ay F Ax^T``, so the sum of ``U``
+    over a mask ``m`` is the sum of ``F`` weighted by ``Ay^T m Ax`` (h, w).
+
+    Args:
+        feature_map: (C, h, w) patch features (cast to float32).
+        masks: (N, Hm, Wm) bool binary masks on the upsampling grid.
+        method: "fast" (default) or "dense".
+
+    Returns:
+        (N, C) float32 unit vectors; an empty mask gives a zero vector.
+    """
+    feature_map = feature_map.float()
+    channels, height, width = feature_map.shape
+    n, mask_h, mask_w = masks.shape
+    if n == 0:
+        return feature_map.new_zeros((0, channels))
+    if method == "dense":
+        counts = masks.reshape(n, -1).sum(dim=1).to(torch.float32)
+        upsampled = F.interpolate(
+            feature_map[None], size=(mask_h, mask_w), mode="bilinear", align_corners=False
+        )
+        sums = masks.reshape(n, -1).to(torch.float32) @ upsampled[0].reshape(channels, -1).T
+    elif method == "fast":
+        rows = interpolation_matrix(height, mask_h, feature_map.device)  # (Hm, h)
+        cols = interpolation_matrix(width, mask_w, feature_map.device)  # (Wm, w)
+        flat_features = feature_map.reshape(channels, height * width).T  # (h*w, C)
+        sums = feature_map.new_empty((n, channels))
+        counts = feature_map.new_empty(n)
+        for start in range(0, n, _POOL_CHUNK):
+            chunk = masks[start : start + _POOL_CHUNK].to(torch.float32)  # (n_c, Hm, Wm)
+            n_c = len(chunk)
+            counts[start : start + n_c] = chunk.sum(dim=(1, 2))
+            along_cols = (chunk.reshape(n_c * mask_h, mask_w) @ cols).reshape(n_c, mask_h, width)
+            weights = rows.T @ along_cols  # (n_c, h, w)
+            sums[start : start + n_c] = weights.reshape(n_c, -1) @ flat_features
+    else:
+        raise ValueError(f"method must be 'fast' or 'dense', got {method!r}")
+    means = sums / counts.clamp(min=1.0)[:, None]
+    return F.normalize(means, dim=1)
+
+
+def score_proposals(
+    object_features: torch.Tensor, prototypes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One label and score per proposal: s_ic = max(0, cos), label = argmax_c, score = max_c.
+
+    Args:
+        object_features: (N, C) L2-normalised (zero rows allowed: they score 0).
+        prototypes: (K, C) L2-normalised class prototypes.
+
+    Returns:
+        scores (N,) float32 in [0, 1] and labels (N,) int64 (the first class on ties). With
+        no prototypes (K = 0) every score is 0 and every label 0.
+    """
+    n, channels = object_features.shape
+    if prototypes.shape[0] == 0:
+        return object_features.new_zeros(n), torch.zeros(n, dtype=torch.int64, device=object_features.device)
+    if prototypes.shape[1] != channels:
+        raise EncoderMismatchError(
+            f"Object features have {channels} dimensions but the memory's prototypes have "
+            f"{prototypes.shape[1]}: the memory bank was built with another encoder. Rebuild it "
+            "with this encoder, or load the encoder it was built with."
+        )
+    similarity = (object_features.float() @ prototypes.float().T).clamp(min=0.0)
+    scores, labels = similarity.max(dim=1)
+    return scores, labels
+
+
+# ---------------------------------------------------------------------------- boxes and NMS (section 4)
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight boxes of binary masks, torchvision convention (inclusive x2, y2).
+
+    Args:
+        masks: (N, H, W) bool.
+
+    Returns:
+        (N, 4) float32 (x1, y1, x2, y2) = (min col, min row, max col, max row); zeros for an
+        empty mask.
+    """
+    n, height, width = masks.shape
+    if n == 0:
+        return torch.zeros((0, 4), dtype=torch.float32, device=masks.device)
+    rows = masks.any(dim=2)  # (N, H)
+    cols = masks.any(dim=1)  # (N, W)
+    row_index = torch.arange(height, device=masks.device)
+    col_index = torch.arange(width, device=masks.device)
+    x1 = torch.where(cols, col_index, width).amin(dim=1)
+    x2 = torch.where(cols, col_index, -1).amax(dim=1)
+    y1 = torch.where(rows, row_index, height).amin(dim=1)
+    y2 = torch.where(rows, row_index, -1).amax(dim=1)
+    boxes = torch.stack([x1, y1, x2, y2], dim=1).to(torch.float32)
+    return torch.where(cols.any(dim=1)[:, None], boxes, torch.zeros_like(boxes))
+
+
+def box_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU with area = (x2 - x1) * (y2 - y1), as torchvision.
+
+    Args:
+        boxes_a: (N, 4) xyxy. boxes_b: (M, 4) xyxy.
+
+    Returns:
+        (N, M) float32; 0 where the union is 0 (torchvision gives NaN there, which never
+        exceeds an NMS threshold either).
+    """
+    boxes_a, boxes_b = boxes_a.float(), boxes_b.float()
+    area_a = (boxes_a[:, 2] - boxes_a[:, 0]) * (boxes_a[:, 3] - boxes_a[:, 1])
+    area_b = (boxes_b[:, 2] - boxes_b[:, 0]) * (boxes_b[:, 3] - boxes_b[:, 1])
+    top_left = torch.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
+    bottom_right = torch.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
+    wh = (bottom_right - top_left).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area_a[:, None] + area_b[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(torch.float32).tiny), 0.0)
+
+
+def batched_nms(
+    boxes: torch.Tensor, ranking: torch.Tensor, labels: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
+    """Greedy class-wise NMS: a box is suppressed by a better-ranked kept box of its class
+    whose IoU with it is > ``iou_threshold``.
+
+    Args:
+        boxes: (N, 4) xyxy.
+        ranking: (N,) higher is better (SAM2 predicted IoU in the method); ties keep the
+            earlier index first.
+        labels: (N,) int; boxes of different labels never suppress each other.
+
+    Returns:
+        (K,) int64 indices of the kept boxes, best-ranked first.
+    """
+    n = boxes.shape[0]
+    device = boxes.device
+    if n == 0:
+        return torch.zeros(0, dtype=torch.int64, device=device)
+    order = torch.argsort(ranking, descending=True, stable=True)
+    sorted_boxes = boxes[order].float().cpu()
+    sorted_labels = labels[order].cpu().numpy()
+    kept = np.zeros(n, dtype=bool)
+    for label in np.unique(sorted_labels):
+        positions = np.flatnonzero(sorted_labels == label)
+        index = torch.from_numpy(positions)
+        over = (box_iou(sorted_boxes[index], sorted_boxes[index]) > iou_threshold).numpy()
+        removed = np.zeros(len(positions), dtype=bool)
+        for i in range(len(positions)):
+            if removed[i]:
+                continue
+            kept[positions[i]] = True
+            removed[i + 1 :] |= over[i, i + 1 :]
+    return order[torch.from_numpy(np.flatnonzero(kept)).to(device)]
+
+
+# ---------------------------------------------------------------------------- full-size masks
+
+
+def _upsampled_chunks(low_res_logits: torch.Tensor, size: tuple[int, int]):
+    """Yield (start, (n_c, H, W) bool) chunks of the thresholded bilinear upsampling."""
+    height, width = size
+    step = max(1, _UPSAMPLE_CHUNK_ELEMENTS // max(1, height * width))
+    for start in range(0, low_res_logits.shape[0], step):
+        logits = low_res_logits[start : start + step, None].float()
+        upsampled = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        yield start, upsampled[:, 0] > 0
+
+
+def upsample_masks(low_res_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Binary masks at the original size: bilinear upsampling (align_corners=False), > 0.
+
+    Works in chunks so only ~128 MiB of float32 is alive at a time besides the output.
+
+    Args:
+        low_res_logits: (N, m, m) mask logits.
+        size: (H, W) target size.
+
+    Returns:
+        (N, H, W) bool.
+    """
+    height, width = int(size[0]), int(size[1])
+    out = torch.zeros(
+        (low_res_logits.shape[0], height, width), dtype=torch.bool, device=low_res_logits.device
+    )
+    for start, chunk in _upsampled_chunks(low_res_logits, (height, width)):
+        out[start : start + len(chunk)] = chunk
+    return out
+
+
+@dataclass
+class CroppedMasks:
+    """Binary masks stored as tight crops (CPU numpy), for memory-light pairwise work.
+
+    Attributes:
+        boxes: (N, 4) int64 xyxy, exclusive x2, y2; zeros for an empty mask.
+        areas: (N,) int64 pixel counts.
+        crops: N bool arrays, crop i of shape (y2 - y1, x2 - x1).
+        size: (H, W) of the full masks.
+    """
+
+    boxes: np.ndarray
+    areas: np.ndarray
+    crops: list[np.ndarray]
+    size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    @classmethod
+    def empty(cls, size: tuple[int, int]) -> CroppedMasks:
+        return cls(np.zeros((0, 4), dtype=np.int64), np.zeros(0, dtype=np.int64), [], size)
+
+    @classmethod
+    def concatenate(cls, parts: list[CroppedMasks], size: tuple[int, int]) -> CroppedMasks:
+        if not parts:
+            return cls.empty(size)
+        return cls(
+            np.concatenate([p.boxes for p in parts]),
+            np.concatenate([p.areas for p in parts]),
+            [crop for p in parts for crop in p.crops],
+            size,
+        )
+
+    @classmethod
+    def from_masks(cls, masks: torch.Tensor) -> CroppedMasks:
+        """Crop (N, H, W) bool masks to their tight boxes."""
+        n, height, width = masks.shape
+        dense = masks.cpu().numpy()  # numpy reduces bool planes much faster than torch on CPU
+        rows = dense.any(axis=2)  # (N, H)
+        cols = dense.any(axis=1)  # (N, W)
+        nonempty = cols.any(axis=1)
+        boxes = np.zeros((n, 4), dtype=np.int64)
+        boxes[:, 0] = cols.argmax(axis=1)
+        boxes[:, 1] = rows.argmax(axis=1)
+        boxes[:, 2] = width - cols[:, ::-1].argmax(axis=1)
+        boxes[:, 3] = height - rows[:, ::-1].argmax(axis=1)
+        boxes[~nonempty] = 0
+        crops = [dense[i, y1:y2, x1:x2].copy() for i, (x1, y1, x2, y2) in enumerate(boxes)]
+        areas = np.array([np.count_nonzero(crop) for crop in crops], dtype=np.int64)
+        return cls(boxes, areas, crops, (height, width))
+
+    def select(self, index: np.ndarray) -> CroppedMasks:
+        return CroppedMasks(self.boxes[index], self.areas[index], [self.crops[i] for i in index], self.size)
+
+    def to_dense(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """(N, H, W) bool full masks."""
+        out = np.zeros((len(self), *self.size), dtype=bool)
+        for i, (x1, y1, x2, y2) in enumerate(self.boxes):
+            out[i, y1:y2, x1:x2] = self.crops[i]
+        return torch.from_numpy(out).to(device)
+
+
+def upsample_masks_cropped(low_res_logits: torch.Tensor, size: tuple[int, int]) -> CroppedMasks:
+    """:func:`upsample_masks`, each result kept only as its tight crop.
+
+    Args:
+        low_res_logits: (N, m, m) mask logits.
+        size: (H, W) target size.
+    """
+    size = (int(size[0]), int(size[1]))
+    parts = [CroppedMasks.from_masks(chunk) for _, chunk in _upsampled_chunks(low_res_logits, size)]
+    return CroppedMasks.concatenate(parts, size)
+
+
+# ---------------------------------------------------------------------------- soft merging (section 4.5)
+
+
+def _overlap_decay(cropped: CroppedMasks, similarity: np.ndarray) -> np.ndarray:
+    """d_i = max over earlier j of (|m_i & m_j| / |m_i|) * similarity[i, j], 0 if none.
+
+    ``similarity`` (n, n) must be >= 0 and masks all of one class, in rank order. Exact:
+    pairs are visited by decreasing upper bound (box-overlap area, capped by |m_j|, times the
+    similarity) and the search stops once the bound cannot beat the best found.
+    """
+    n = len(cropped)
+    decay = np.zeros(n, dtype=np.float64)
+    x1, y1, x2, y2 = (cropped.boxes[:, k] for k in range(4))
+    areas = cropped.areas
+    for i in range(1, n):
+        if areas[i] == 0:
+            continue
+        overlap_w = np.clip(np.minimum(x2[i], x2[:i]) - np.maximum(x1[i], x1[:i]), 0, None)
+        overlap_h = np.clip(np.minimum(y2[i], y2[:i]) - np.maximum(y1[i], y1[:i]), 0, None)
+        bound = np.minimum(overlap_w * overlap_h, areas[:i]) / areas[i] * similarity[i, :i]
+        candidates = np.flatnonzero(bound > 0)
+        best = 0.0
+        for j in candidates[np.argsort(-bound[candidates], kind="stable")]:
+            if bound[j] <= best:
+                break
+            ox1, oy1 = max(x1[i], x1[j]), max(y1[i], y1[j])
+            ox2, oy2 = min(x2[i], x2[j]), min(y2[i], y2[j])
+            crop_i = cropped.crops[i][oy1 - y1[i] : oy2 - y1[i], ox1 - x1[i] : ox2 - x1[i]]
+            crop_j = cropped.crops[j][oy1 - y1[j] : oy2 - y1[j], ox1 - x1[j] : ox2 - x1[j]]
+            inter = np.count_nonzero(crop_i & crop_j)
+            best = max(best, inter / areas[i] * similarity[i, j])
+        decay[i] = best
+    return decay
+
+
+def soft_merge_cropped(
+    cropped: CroppedMasks,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    scores: torch.Tensor,
+    exponent: float = 0.5,
+) -> torch.Tensor:
+    """:func:`soft_merge` on masks kept as tight crops (same arguments otherwise)."""
+    n = len(cropped)
+    if n == 0:
+        return scores.clone()
+    decay = np.zeros(n, dtype=np.float64)
+    label_array = labels.cpu().numpy()
+    features = features.float()
+    for label in np.unique(label_array):
+        members = np.flatnonzero(label_array == label)
+        if len(members) < 2:
+            continue
+        index = torch.from_numpy(members).to(features.device)
+        similarity = (features[index] @ features[index].T).clamp(min=0.0).cpu().double().numpy()
+        decay[members] = _overlap_decay(cropped.select(members), similarity)
+    decay_t = torch.from_numpy(decay).to(device=scores.device, dtype=torch.float32)
+    merged = scores.float() * (1.0 - decay_t).clamp(min=0.0) ** exponent
+    return torch.where(torch.from_numpy(cropped.areas > 0).to(scores.device), merged, 0.0)
+
+
+def soft_merge(
+    masks: torch.Tensor,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    scores: torch.Tensor,
+    exponent: float = 0.5,
+) -> torch.Tensor:
+    """Semantic-aware soft merging (METHOD.md 4.5).
+
+    Within each class, in the given order: d_i = max over earlier masks j of the same class of
+    (|m_i AND m_j| / |m_i|) * max(0, f_i . f_j), 0 if none; the score becomes
+    s_i * (1 - d_i) ** exponent. Only pairs whose boxes overlap are intersected, on their
+    overlap crop.
+
+    Args:
+        masks: (N, H, W) bool, in NMS order.
+        features: (N, C) L2-normalised object features.
+        labels: (N,) int class of each mask.
+        scores: (N,) float scores.
+        exponent: 0.5 in the paper.
+
+    Returns:
+        (N,) float32 new scores. An empty mask gets score 0 (the caller drops it); it never
+        lowers another mask's score.
+    """
+    return soft_merge_cropped(CroppedMasks.from_masks(masks), features, labels, scores, exponent)
+
+
+# ---------------------------------------------------------------------------- the whole chain
+
+
+@dataclass
+class MatchResult:
+    """The instances of one target, best score first.
+
+    Attributes:
+        masks: (M, H, W) bool at the original size.
+        boxes: (M, 4) float32 xyxy in original pixels, exclusive x2, y2 (from ``masks``).
+        scores: (M,) float32 scores after soft merging.
+        labels: (M,) int64 prototype index.
+        indices: (M,) int64 index of each instance's proposal in the input.
+    """
+
+    masks: torch.Tensor
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def postprocess(
+    low_res_logits: torch.Tensor,
+    predicted_iou: torch.Tensor,
+    feature_map: torch.Tensor,
+    prototypes: torch.Tensor,
+    image_size: tuple[int, int],
+    *,
+    nms_threshold: float = 0.5,
+    max_candidates: int = 800,
+    merge_exponent: float = 0.5,
+    max_instances: int = 100,
+    pool: PoolMethod = "fast",
+) -> MatchResult:
+    """Proposals + target features + prototypes -> final instances (METHOD.md 3.3 to 4.6).
+
+    Args:
+        low_res_logits: (N, m, m) SAM2 low-resolution mask logits (m = 256).
+        predicted_iou: (N,) SAM2 predicted IoU (the NMS ranking).
+        feature_map: (C, h, w) target patch features.
+        prototypes: (K, C) L2-normalised class prototypes.
+        image_size: (H, W) of the original image.
+        nms_threshold: class-wise box-NMS IoU threshold.
+        max_candidates: NMS survivors kept, in NMS order, before dropping score-0 ones.
+        merge_exponent: soft-merge exponent.
+        max_instances: instances returned.
+        pool: pooling path, "fast" or "dense" (equal up to float rounding).
+
+    Returns:
+        A :class:`MatchResult` (empty tensors of the right shapes when nothing survives).
+    """
+    height, width = int(image_size[0]), int(image_size[1])
+    device = low_res_logits.device
+    binary = low_res_logits > 0
+    features = pool_object_features(feature_map, binary, method=pool)
+    scores, labels = score_proposals(features, prototypes)
+    keep = batched_nms(masks_to_boxes(binary), predicted_iou, labels, nms_threshold)
+    n_nms = len(keep)
+    keep = keep[:max_candidates]
+    keep = keep[scores[keep] > 0]
+    cropped = upsample_masks_cropped(low_res_logits[keep], (height, width))
+    nonempty = np.flatnonzero(cropped.areas > 0)
+    cropped = cropped.select(nonempty)
+    keep = keep[torch.from_numpy(nonempty).to(device)]
+    merged = soft_merge_cropped(cropped, features[keep], labels[keep], scores[keep], merge_exponent)
+    top = torch.argsort(merged, descending=True, stable=True)[:max_instances]
+    logger.debug(
+        "matching: %d proposals, %d after NMS, %d scored and non-empty, %d returned",
+        low_res_logits.shape[0],
+        n_nms,
+        len(keep),
+        len(top),
+    )
+    final = cropped.select(top.cpu().numpy())
+    return MatchResult(
+        masks=final.to_dense(device),
+        boxes=torch.from_numpy(final.boxes.astype(np.float32)).to(device),
+        scores=merged[top].float(),
+        labels=labels[keep][top].to(torch.int64),
+        indices=keep[top].to(torch.int64),
+    )

@@ -1,0 +1,128 @@
+"""The two model seams of refseg: a proposer (SAM2) and an encoder (DINOv2).
+
+The segmenter and the memory bank take any object meeting these Protocols, so tests can
+swap in synthetic models whose answer is known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class Proposals:
+    """Mask proposals on one target, in the proposer's square input space.
+
+    Attributes:
+        low_res_logits: (N, 256, 256) float32 mask logits; the binary mask is ``logits > 0``.
+        predicted_iou: (N,) float32 SAM2 predicted IoU of each proposal.
+        points: (N, 2) float32 prompt point (x, y) that produced each proposal, in input pixels.
+    """
+
+    low_res_logits: torch.Tensor
+    predicted_iou: torch.Tensor
+    points: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.predicted_iou.shape[0])
+
+    def select(self, index: torch.Tensor) -> Proposals:
+        return Proposals(self.low_res_logits[index], self.predicted_iou[index], self.points[index])
+
+
+@dataclass(frozen=True)
+class EncoderIdentity:
+    """What a memory bank must agree on with the encoder that uses it."""
+
+    name: str
+    revision: str
+    input_size: int
+    feature_dim: int
+    fingerprint: str = ""  # hash of some weights: same model from hub id or local dir agrees
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "revision": self.revision,
+            "input_size": self.input_size,
+            "feature_dim": self.feature_dim,
+            "fingerprint": self.fingerprint,
+        }
+
+    def mismatch(self, other: EncoderIdentity) -> str | None:
+        """Why features of ``self`` and ``other`` cannot be compared, or None if they can."""
+        if self.feature_dim != other.feature_dim:
+            return f"feature size {self.feature_dim} vs {other.feature_dim}"
+        if self.input_size != other.input_size:
+            return f"input size {self.input_size} vs {other.input_size}"
+        if self.fingerprint and other.fingerprint:
+            if self.fingerprint != other.fingerprint:
+                return f"different weights ({self.name} vs {other.name})"
+            return None
+        if self.name != other.name:
+            return f"encoder {self.name} vs {other.name}"
+        return None
+
+
+@runtime_checkable
+class Proposer(Protocol):
+    """Makes mask proposals (SAM2)."""
+
+    image_size: int  # side of the square input, 1024 for SAM2
+
+    def propose(
+        self,
+        image: torch.Tensor,
+        points: torch.Tensor,
+        *,
+        batch_size: int,
+        iou_threshold: float,
+    ) -> Proposals:
+        """Decode one single-point positive prompt per point.
+
+        Args:
+            image: (3, S, S) float32 in [0, 1], S = ``image_size`` (not normalised).
+            points: (P, 2) float32 (x, y) prompt coordinates in S-space, as handed to the
+                prompt encoder (which adds its own half-pixel shift).
+            batch_size: prompts per decoder call (compute only).
+            iou_threshold: keep proposals whose best predicted IoU is > this.
+
+        Returns:
+            Proposals of the surviving prompts, in prompt order; per prompt the best of the
+            three multimask outputs by predicted IoU.
+        """
+        ...
+
+    def masks_from_boxes(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Instance masks from box prompts.
+
+        Args:
+            image: (3, S, S) float32 in [0, 1].
+            boxes: (K, 4) float32 xyxy in S-space.
+
+        Returns:
+            (K, 256, 256) float32 low-resolution mask logits (single-mask output).
+        """
+        ...
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Dense patch features (DINOv2)."""
+
+    identity: EncoderIdentity  # name, revision, input_size (S), feature_dim (C)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch features.
+
+        Args:
+            images: (B, 3, S, S) float32 in [0, 1], S = ``identity.input_size`` (not normalised).
+
+        Returns:
+            (B, C, S // patch, S // patch) float32 patch tokens after the final LayerNorm;
+            CLS and register tokens dropped.
+        """
+        ...

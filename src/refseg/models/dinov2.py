@@ -1,0 +1,86 @@
+"""DINOv2 as a dense patch-feature encoder."""
+
+from __future__ import annotations
+
+import torch
+from transformers import Dinov2Model, Dinov2WithRegistersModel
+
+from ..errors import InvalidInputError
+from .base import EncoderIdentity
+from .sam2 import autocast_context, imagenet_normalize
+
+
+class Dinov2Encoder:
+    """Patch features from a ``transformers`` DINOv2 model (with or without registers).
+
+    Implements :class:`refseg.models.base.Encoder`. Inputs are moved to the model's device;
+    features come back float32 on the CPU.
+
+    Args:
+        model: ``Dinov2Model`` or ``Dinov2WithRegistersModel``; put in eval mode and moved
+            to ``device``.
+        name: hub id or directory name of the weights (part of :attr:`identity`).
+        revision: commit hash of the weights if known, else ``"local"`` or the revision asked
+            for (part of :attr:`identity`).
+        input_size: side S of the square input; a multiple of the patch size (518 -> 37x37
+            patches with patch 14).
+        device: where to run (default: the model's current device).
+        dtype: ``torch.float32`` (exact) or ``torch.bfloat16``/``torch.float16`` (autocast).
+    """
+
+    def __init__(
+        self,
+        model: Dinov2Model | Dinov2WithRegistersModel,
+        *,
+        name: str,
+        revision: str = "local",
+        input_size: int = 518,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        patch_size = model.config.patch_size
+        self.patch_size = int(patch_size if isinstance(patch_size, int) else patch_size[0])
+        if input_size <= 0 or input_size % self.patch_size:
+            raise InvalidInputError(
+                f"The encoder input size must be a positive multiple of the patch size "
+                f"{self.patch_size} (e.g. {37 * self.patch_size}), not {input_size}."
+            )
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.eval().to(self.device)
+        self.dtype = dtype
+        self.num_register_tokens = int(getattr(model.config, "num_register_tokens", 0) or 0)
+        self.identity = EncoderIdentity(
+            name=name,
+            revision=revision,
+            input_size=int(input_size),
+            feature_dim=int(model.config.hidden_size),
+        )
+
+    def __repr__(self) -> str:
+        return f"Dinov2Encoder({self.identity}, device={str(self.device)!r}, dtype={self.dtype})"
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side of the feature map (S // patch)."""
+        return self.identity.input_size // self.patch_size
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch features after the final LayerNorm, CLS and register tokens dropped.
+
+        Args:
+            images: (B, 3, S, S) float in [0, 1], S = ``identity.input_size``, not normalised.
+
+        Returns:
+            (B, C, S // patch, S // patch) float32 on the CPU.
+        """
+        size = self.identity.input_size
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(f"expected (B, 3, {size}, {size}) images, got {tuple(images.shape)}")
+        pixels = imagenet_normalize(images.to(self.device, torch.float32))
+        with autocast_context(self.device, self.dtype):
+            tokens = self.model(pixel_values=pixels).last_hidden_state
+        patch_tokens = tokens[:, 1 + self.num_register_tokens :]
+        batch, grid = images.shape[0], self.grid_size
+        features = patch_tokens.reshape(batch, grid, grid, -1).permute(0, 3, 1, 2)
+        return features.float().contiguous().cpu()

@@ -1,0 +1,351 @@
+"""A faster SAM2 point-grid decoder with the same outputs as ``Sam2Model.forward``.
+
+Same weights, same mathematics, less work. The stock mask decoder copies the image
+embedding once per prompt and runs every 4096 x 256 image-token projection per prompt. Here:
+
+1. **Once per image**: the no-mask embedding and positional encoding are added, the first
+   two-way block's tokens -> image keys/values and image -> tokens queries are projected
+   (image tokens are the same for every prompt until that block updates them), and the
+   high-resolution features are laid out for the upscaling below. Nothing is
+   ``repeat_interleave``d: per-image tensors are broadcast.
+2. **Attention by its few tokens**: each prompt has only 8 tokens, so wherever the image side
+   would need a 4096-row projection, the projection is moved onto the 8 tokens instead:
+   ``(q Wk_h) . (keys + pe)`` for the scores (the constant ``q . bk`` cancels in the
+   softmax), ``(P keys) Wv_h^T + bv`` for the values (rows of ``P`` sum to 1), and
+   ``(k Wq_h) . (keys + pe) + k . bq`` for the image queries. The image -> tokens output
+   projection is folded into the 8 values (``P (V Wo)`` instead of ``(P V) Wo``).
+3. **Best of three first**: the IoU head runs on the output tokens, the best of the three
+   masks and the IoU threshold are applied, and only the chosen mask of each surviving
+   prompt is upscaled. The two 2x2 transposed convolutions are matrix products on
+   channels-last features whose pixel order is undone only on the final one-channel mask.
+4. **Small chunks**: prompts go through in chunks of at most :data:`PROMPT_CHUNK`, so the
+   per-chunk temporaries stay small instead of multi-GiB.
+
+Outputs equal the stock path to float32 rounding (the tests compare both on the tiny model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import Sam2Model
+from transformers.models.sam2.modeling_sam2 import Sam2Attention
+
+from .base import Proposals
+from .sam2 import Sam2ImageEmbedding, empty_proposals
+
+# Prompts per transformer chunk (at most the caller's batch_size), and prompts upscaled
+# together. Chosen on CPU timings of the full-size decoder.
+PROMPT_CHUNK = 16
+UPSCALE_CHUNK = 8
+
+
+@dataclass
+class _ImageContext:
+    """Per-image tensors shared by every prompt (image tokens are row-major over H x W).
+
+    Attributes:
+        keys: (1, HW, C) image embedding + no-mask embedding.
+        key_pe: (1, HW, C) image positional encoding.
+        first_k, first_v: (1, heads, HW, d) first block, tokens -> image keys and values.
+        first_image_q: (HW, heads * d) first block, image -> tokens queries.
+        conv1_weight: (C, 4 * C/4) ``upscale_conv1`` as a matrix, output order (i, j, c).
+        conv2_weight: (C/4, 4 * C/8) ``upscale_conv2`` likewise.
+        feat_s1: (1, HW, 4 * C/4) ``conv_s1`` features + conv1 bias, in conv1's output order.
+        feat_s0: (1, 4HW, 4 * C/8) ``conv_s0`` features + conv2 bias, in conv2's output order.
+    """
+
+    keys: torch.Tensor
+    key_pe: torch.Tensor
+    first_k: torch.Tensor
+    first_v: torch.Tensor
+    first_image_q: torch.Tensor
+    conv1_weight: torch.Tensor
+    conv2_weight: torch.Tensor
+    feat_s1: torch.Tensor
+    feat_s0: torch.Tensor
+    height: int
+    width: int
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(b, n, heads * d) -> (b, heads, n, d)."""
+    return x.view(x.shape[0], x.shape[1], heads, -1).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(b, heads, n, d) -> (b, n, heads * d)."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+
+
+def _per_head(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """A projection weight (heads * d, C) as (heads, d, C)."""
+    return weight.view(heads, -1, weight.shape[-1])
+
+
+def _conv_as_matrix(conv: torch.nn.ConvTranspose2d) -> torch.Tensor:
+    """Weight (Cin, Cout, 2, 2) of a 2x2 stride-2 transposed conv as (Cin, 4 * Cout), order (i, j, Cout)."""
+    weight = conv.weight
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
+
+def _prepare_image(model: Sam2Model, embedding: Sam2ImageEmbedding) -> _ImageContext:
+    decoder = model.mask_decoder
+    no_mask = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    image = embedding.image_embeddings + no_mask
+    _, _, height, width = image.shape
+    keys = image.flatten(2).transpose(1, 2).contiguous()
+    key_pe = model.get_image_wide_positional_embeddings().flatten(2).transpose(1, 2).to(keys.dtype)
+
+    first = decoder.transformer.layers[0]
+    cross, back = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+    keys_with_pe = keys + key_pe
+    first_k = _split_heads(cross.k_proj(keys_with_pe), cross.num_attention_heads).contiguous()
+    first_v = _split_heads(cross.v_proj(keys), cross.num_attention_heads).contiguous()
+    first_image_q = back.q_proj(keys_with_pe)[0]
+
+    # High-resolution features in the pixel order of the matrix-product convolutions:
+    # conv1 output pixel (2Y + i, 2X + j) sits at row Y*W + X, column block (i, j);
+    # conv2 output pixel (4Y + 2i + i', 4X + 2j + j') at row (Y, X, i, j), block (i', j').
+    feat_s1 = embedding.feat_s1  # (1, C/4, 2H, 2W)
+    c4 = feat_s1.shape[1]
+    feat_s1 = feat_s1.view(1, c4, height, 2, width, 2).permute(0, 2, 4, 3, 5, 1)
+    feat_s1 = (feat_s1 + decoder.upscale_conv1.bias.to(feat_s1.dtype)).reshape(1, height * width, 4 * c4)
+    feat_s0 = embedding.feat_s0  # (1, C/8, 4H, 4W)
+    c8 = feat_s0.shape[1]
+    feat_s0 = feat_s0.view(1, c8, height, 2, 2, width, 2, 2).permute(0, 2, 5, 3, 6, 4, 7, 1)
+    feat_s0 = (feat_s0 + decoder.upscale_conv2.bias.to(feat_s0.dtype)).reshape(1, 4 * height * width, 4 * c8)
+    return _ImageContext(
+        keys=keys,
+        key_pe=key_pe,
+        first_k=first_k,
+        first_v=first_v,
+        first_image_q=first_image_q,
+        conv1_weight=_conv_as_matrix(decoder.upscale_conv1),
+        conv2_weight=_conv_as_matrix(decoder.upscale_conv2),
+        feat_s1=feat_s1,
+        feat_s0=feat_s0,
+        height=height,
+        width=width,
+    )
+
+
+def _tokens_to_shared_image(
+    attention: Sam2Attention, tokens_with_pe: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
+    """Tokens (n, T, C) attend to image keys/values (1, heads, HW, d) shared by all prompts:
+    every prompt's tokens are one query set. Returns (n, T, C)."""
+    n, tokens, _ = tokens_with_pe.shape
+    heads = attention.num_attention_heads
+    q = _split_heads(attention.q_proj(tokens_with_pe), heads)  # (n, heads, T, d)
+    q = q.transpose(0, 1).reshape(1, heads, n * tokens, -1)
+    out = F.scaled_dot_product_attention(q, k, v, scale=attention.scaling)
+    out = out.view(heads, n, tokens, -1).transpose(0, 1)  # (n, heads, T, d)
+    return attention.o_proj(_merge_heads(out))
+
+
+def _tokens_to_image(
+    attention: Sam2Attention, tokens_with_pe: torch.Tensor, keys: torch.Tensor, keys_with_pe: torch.Tensor
+) -> torch.Tensor:
+    """Tokens (n, T, C) attend to each prompt's image tokens (n, HW, C), projecting the T
+    queries instead of the HW keys and values. Returns (n, T, C)."""
+    n, tokens, channels = tokens_with_pe.shape
+    heads = attention.num_attention_heads
+    q = _split_heads(attention.q_proj(tokens_with_pe), heads) * attention.scaling  # (n, heads, T, d)
+    # scores_h = q_h (Wk_h x + bk_h) over image tokens x; q_h . bk_h is constant along the softmax.
+    q_through_k = torch.matmul(q, _per_head(attention.k_proj.weight, heads)).view(n, heads * tokens, channels)
+    probs = torch.bmm(q_through_k, keys_with_pe.transpose(1, 2)).softmax(dim=-1)  # (n, heads*T, HW)
+    # out_h = P_h (Wv_h x + bv_h) = (P_h x) Wv_h^T + bv_h since rows of P_h sum to 1.
+    pooled = torch.bmm(probs, keys).view(n, heads, tokens, channels)
+    v_weight = _per_head(attention.v_proj.weight, heads).transpose(1, 2)  # (heads, C, d)
+    out = torch.matmul(pooled, v_weight) + attention.v_proj.bias.view(heads, 1, -1)
+    return attention.o_proj(_merge_heads(out))
+
+
+def _image_to_tokens_probs(
+    attention: Sam2Attention,
+    tokens_with_pe: torch.Tensor,
+    keys_with_pe: torch.Tensor | None,
+    image_q: torch.Tensor | None,
+) -> torch.Tensor:
+    """Attention weights of image queries over each prompt's T tokens, as (n, heads * T, HW).
+
+    Either ``image_q`` (HW, heads * d), image queries shared by all prompts, or
+    ``keys_with_pe`` (n, HW, C), per-prompt image tokens whose query projection is moved onto
+    the tokens: q_h(x) . k = (Wq_h x + bq_h) . k = x . (Wq_h^T k) + bq_h . k.
+    """
+    n, tokens, channels = tokens_with_pe.shape
+    heads = attention.num_attention_heads
+    k = _split_heads(attention.k_proj(tokens_with_pe), heads) * attention.scaling  # (n, heads, T, d)
+    if image_q is not None:
+        # Block-diagonal token keys: one product for all prompts and heads.
+        head_dim = k.shape[-1]
+        eye = torch.eye(heads, dtype=k.dtype, device=k.device).view(1, heads, 1, heads, 1)
+        k_blocks = (k.unsqueeze(3) * eye).reshape(n * heads * tokens, heads * head_dim)
+        scores = (k_blocks @ image_q.t()).view(n, heads, tokens, -1)
+    else:
+        k_through_q = torch.matmul(k, _per_head(attention.q_proj.weight, heads)).view(
+            n, heads * tokens, channels
+        )
+        k_dot_bias = (k * attention.q_proj.bias.view(heads, 1, -1)).sum(-1).view(n, heads * tokens, 1)
+        scores = torch.baddbmm(k_dot_bias, k_through_q, keys_with_pe.transpose(1, 2)).view(
+            n, heads, tokens, -1
+        )
+    return scores.softmax(dim=2).view(n, heads * tokens, -1)
+
+
+def _image_to_tokens_update(
+    attention: Sam2Attention, probs: torch.Tensor, tokens: torch.Tensor, keys: torch.Tensor
+) -> torch.Tensor:
+    """``keys + o_proj(P V)`` with the output projection folded into the T values. (n, HW, C)."""
+    n, tokens_count, _ = tokens.shape
+    heads = attention.num_attention_heads
+    v = _split_heads(attention.v_proj(tokens), heads)  # (n, heads, T, d)
+    o_weight = attention.o_proj.weight.t().reshape(
+        heads, -1, attention.o_proj.weight.shape[0]
+    )  # (heads, d, C)
+    # Each head's weights sum to 1 over its tokens, so bias / heads per value row adds the bias once.
+    v_out = torch.matmul(v, o_weight) + attention.o_proj.bias / heads  # (n, heads, T, C)
+    v_out = v_out.reshape(n, heads * tokens_count, -1)
+    return torch.baddbmm(keys, probs.transpose(1, 2), v_out.to(probs.dtype))
+
+
+def _run_transformer(
+    model: Sam2Model, context: _ImageContext, sparse: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two-way transformer for n prompts.
+
+    Args:
+        sparse: (n, S, C) sparse prompt embeddings.
+
+    Returns:
+        queries: (n, 6 + S, C) output tokens (object score, IoU, 4 mask tokens, prompt).
+        keys: (n, HW, C) updated image tokens.
+    """
+    decoder = model.mask_decoder
+    n = sparse.shape[0]
+    output_tokens = torch.cat(
+        [decoder.obj_score_token.weight, decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0
+    )
+    point_pe = torch.cat([output_tokens.expand(n, -1, -1), sparse], dim=1).to(decoder.iou_token.weight.dtype)
+    queries = point_pe
+    keys = context.keys
+    for index, layer in enumerate(decoder.transformer.layers):
+        # Self-attention of the tokens (small): the module itself, on 1 x n x T x C.
+        if layer.skip_first_layer_pe:
+            attn_out, _ = layer.self_attn(query=queries[None], key=queries[None], value=queries[None])
+            queries = attn_out[0]
+        else:
+            query = (queries + point_pe)[None]
+            attn_out, _ = layer.self_attn(query=query, key=query, value=queries[None])
+            queries = queries + attn_out[0]
+        queries = layer.layer_norm1(queries)
+
+        cross, back = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        if index == 0:
+            keys_with_pe = None
+            attn_out = _tokens_to_shared_image(cross, queries + point_pe, context.first_k, context.first_v)
+        else:
+            keys_with_pe = keys + context.key_pe
+            attn_out = _tokens_to_image(cross, queries + point_pe, keys, keys_with_pe)
+        queries = layer.layer_norm2(queries + attn_out)
+        queries = layer.layer_norm3(queries + layer.mlp(queries))
+
+        image_q = context.first_image_q if index == 0 else None
+        probs = _image_to_tokens_probs(back, queries + point_pe, keys_with_pe, image_q)
+        keys = layer.layer_norm4(_image_to_tokens_update(back, probs, queries, keys.expand(n, -1, -1)))
+
+    final = decoder.transformer.final_attn_token_to_image
+    attn_out = _tokens_to_image(final, queries + point_pe, keys, keys + context.key_pe)
+    queries = decoder.transformer.layer_norm_final_attn(queries + attn_out)
+    return queries, keys
+
+
+def _upscale_masks(
+    model: Sam2Model, context: _ImageContext, keys: torch.Tensor, hyper: torch.Tensor
+) -> torch.Tensor:
+    """Upscale k prompts' final image tokens and take each one's chosen mask.
+
+    Args:
+        keys: (k, HW, C) final image tokens.
+        hyper: (k, C/8) each prompt's hypernetwork output for its chosen mask.
+
+    Returns:
+        (k, 4H, 4W) mask logits.
+    """
+    norm = model.mask_decoder.upscale_layer_norm
+    k = keys.shape[0]
+    height, width = context.height, context.width
+    dtype = keys.dtype
+    # conv1 (+ bias + s1): rows (Y, X), columns (i, j, c); LayerNorm is per pixel, so order is free.
+    x = torch.baddbmm(context.feat_s1.to(dtype), keys, context.conv1_weight.to(dtype).expand(k, -1, -1))
+    x = x.view(k, 4 * height * width, -1)
+    x = F.gelu(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
+    # conv2 (+ bias + s0): rows (Y, X, i, j), columns (i', j', c).
+    x = torch.baddbmm(context.feat_s0.to(x.dtype), x, context.conv2_weight.to(x.dtype).expand(k, -1, -1))
+    x = F.gelu(x).view(k, 16 * height * width, -1)
+    masks = torch.bmm(x, hyper.to(x.dtype).unsqueeze(-1))  # pixel order (Y, X, i, j, i', j')
+    masks = masks.view(k, height, width, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
+    return masks.reshape(k, 4 * height, 4 * width)
+
+
+@torch.inference_mode()
+def decode_points_fast(
+    model: Sam2Model,
+    embedding: Sam2ImageEmbedding,
+    points: torch.Tensor,
+    *,
+    batch_size: int,
+    iou_threshold: float,
+) -> Proposals:
+    """Same contract and outputs as :func:`refseg.models.sam2.decode_points_stock`.
+
+    Args:
+        model: the SAM2 model (its device is where the work happens).
+        embedding: the image's features from :meth:`Sam2Proposer.embed`.
+        points: (P, 2) float (x, y) in the model's input pixels.
+        batch_size: at most this many prompts per transformer chunk (also capped at
+            :data:`PROMPT_CHUNK`); compute only.
+        iou_threshold: keep a prompt when its best predicted IoU is > this.
+
+    Returns:
+        Proposals of the surviving prompts in prompt order, float32 on the CPU.
+    """
+    decoder = model.mask_decoder
+    device = embedding.image_embeddings.device
+    context = _prepare_image(model, embedding)
+    first_mask = 1  # the multimask outputs are mask tokens 1..3 (token 0 is the single mask)
+    chunk_size = max(1, min(batch_size, PROMPT_CHUNK))
+    logits_parts, iou_parts, point_parts = [], [], []
+    for start in range(0, points.shape[0], chunk_size):
+        chunk = points[start : start + chunk_size].to(device=device, dtype=torch.float32)
+        n = chunk.shape[0]
+        sparse, _ = model.prompt_encoder(
+            input_points=chunk.view(1, n, 1, 2),
+            input_labels=torch.ones((1, n, 1), dtype=torch.int32, device=device),
+            input_boxes=None,
+            input_masks=None,
+        )
+        queries, keys = _run_transformer(model, context, sparse[0])
+
+        iou = decoder.iou_prediction_head(queries[:, 1])[:, first_mask:]  # (n, 3)
+        best_iou, best_index = iou.max(dim=1)
+        kept = (best_iou > iou_threshold).nonzero().squeeze(1)
+        if kept.numel() == 0:
+            continue
+        point_parts.append(chunk[kept].float().cpu())
+        iou_parts.append(best_iou[kept].float().cpu())
+        mask_tokens = queries[kept, 2 : 2 + decoder.num_mask_tokens]  # (k, 4, C)
+        chosen = best_index[kept] + first_mask
+        hyper = torch.stack(
+            [mlp(mask_tokens[:, i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+        )[torch.arange(kept.numel(), device=device), chosen]  # (k, C/8)
+        for part in range(0, kept.numel(), UPSCALE_CHUNK):
+            rows = kept[part : part + UPSCALE_CHUNK]
+            masks = _upscale_masks(model, context, keys[rows], hyper[part : part + UPSCALE_CHUNK])
+            logits_parts.append(masks.float().cpu())
+    if not logits_parts:
+        return empty_proposals(4 * context.height)
+    return Proposals(torch.cat(logits_parts), torch.cat(iou_parts), torch.cat(point_parts))

@@ -1,0 +1,79 @@
+"""Named settings. ``paper`` is exactly the method of METHOD.md; every other preset is a
+documented departure from it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Preset:
+    """All settings of a run.
+
+    Attributes:
+        name: preset name.
+        sam2_id: Hugging Face id or local directory of the SAM2 proposer.
+        encoder_id: Hugging Face id or local directory of the DINOv2 encoder.
+        sam2_image_size: side of the square SAM2 input (1024).
+        encoder_input_size: side of the square DINOv2 input (518 -> 37x37 patches).
+        points_per_side: the proposal grid is ``points_per_side`` x ``points_per_side`` points.
+        points_batch_size: prompts decoded per mask-decoder call. Compute only: results do not
+            depend on it (the paper used 256; smaller batches are faster and lighter on CPU).
+        iou_threshold: proposals with SAM2 predicted IoU <= this are dropped.
+        nms_threshold: class-wise box-NMS IoU threshold (ranked by predicted IoU).
+        max_candidates: survivors kept after NMS, in NMS order (8 x max_instances in the paper).
+        merge_exponent: soft-merge score = score * (1 - d) ** merge_exponent.
+        max_instances: instances returned per image.
+        context_ratio: reference crop side = (1 + context_ratio) * max(box width, box height).
+        dtype: "float32" (paper) or "bfloat16" (opt-in speed).
+    """
+
+    name: str = "paper"
+    sam2_id: str = "facebook/sam2-hiera-large"
+    encoder_id: str = "facebook/dinov2-large"
+    sam2_image_size: int = 1024
+    encoder_input_size: int = 518
+    points_per_side: int = 32
+    points_batch_size: int = 64
+    iou_threshold: float = 0.4
+    nms_threshold: float = 0.5
+    max_candidates: int = 800
+    merge_exponent: float = 0.5
+    max_instances: int = 100
+    context_ratio: float = 0.2
+    dtype: str = "float32"
+
+    def replace(self, **changes: object) -> Preset:
+        """A copy with some settings changed (``None`` values are ignored)."""
+        from .errors import InvalidInputError
+
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise InvalidInputError(f"Unknown setting(s) {unknown}; known settings: {sorted(known)}.")
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+PAPER = Preset()
+
+FAST = Preset(
+    name="fast",
+    sam2_id="facebook/sam2.1-hiera-tiny",
+    encoder_id="facebook/dinov2-small",
+    points_per_side=16,
+)
+
+PRESETS: dict[str, Preset] = {"paper": PAPER, "fast": FAST}
+
+
+def get_preset(name: str | Preset) -> Preset:
+    """Look a preset up by name (or pass a :class:`Preset` through)."""
+    from .errors import InvalidInputError
+
+    if isinstance(name, Preset):
+        return name
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise InvalidInputError(f"Unknown preset {name!r}; choose one of: {', '.join(PRESETS)}.") from None

@@ -1,0 +1,265 @@
+"""The stage benchmark's own logic (benchmarks/), on tiny random-weight models.
+
+The benchmark is not a test; here its comparison, scaling, table and target logic run on the
+tiny SAM2/DINOv2 checkpoints of conftest with a 4x4 point grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import bench_stages  # noqa: E402
+from bench_compare import Outputs, compare_outputs, mask_iou, match_fraction  # noqa: E402
+from bench_matching import (  # noqa: E402
+    memory_file_size,
+    same_result,
+    straightforward_postprocess,
+    synthetic_matching_inputs,
+    time_matching,
+)
+
+from refseg import matching  # noqa: E402
+
+GRID = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tiny_sam2_dir: Path, tiny_dinov2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The benchmark run in-process on the tiny models: fast preset, float32, both paths."""
+    workdir = tmp_path_factory.mktemp("bench")
+    argv = [
+        "--presets", "fast", "--sam2", str(tiny_sam2_dir), "--encoder", str(tiny_dinov2_dir),
+        "--grid", str(GRID), "--repeats", "1", "--skip-matching", "--in-process",
+        "--workdir", str(workdir),
+    ]  # fmt: skip
+    args = bench_stages.parse_args(argv)
+    args._argv = argv
+    return bench_stages.run_benchmark(args, workdir), workdir
+
+
+def test_tiny_run_reports_every_stage_and_identical_paths(tiny_report) -> None:
+    report, workdir = tiny_report
+    runs = {run["label"]: run for run in report["runs"]}
+    assert set(runs) == {"fast/float32/optimised", "fast/float32/straightforward"}
+    optimised, straightforward = runs["fast/float32/optimised"], runs["fast/float32/straightforward"]
+    assert (optimised["decoder"], optimised["batch_size"], optimised["pool"]) == ("fast", 64, "fast")
+    assert (straightforward["decoder"], straightforward["batch_size"], straightforward["pool"]) == (
+        "stock",
+        256,
+        "dense",
+    )
+    for run in runs.values():
+        stages = run["stages"]
+        assert set(stages) == {"embed", "decode", "encode", "match", "other", "total"}
+        assert all(stages[name] > 0 for name in ("embed", "decode", "encode", "match"))
+        assert stages["total"] == pytest.approx(sum(v for k, v in stages.items() if k != "total"))
+        assert run["grid"] == GRID and run["preset_grid"] == 16
+        assert run["peak_rss_bytes"] > 0
+        assert run["instances"] > 0
+    assert optimised["proposals"] == straightforward["proposals"] > 0
+
+    [comparison] = report["comparisons"]
+    assert comparison["identical"], comparison["reason"]
+    assert comparison["proposals_equal"]
+
+    text = bench_stages.format_report(report)
+    assert "| fast | float32 | optimised | fast, 64, fast |" in text
+    assert "| fast | float32 | straightforward | stock, 256, dense |" in text
+    assert "optimised vs straightforward: IDENTICAL" in text
+    assert "Straightforward / optimised" in text
+    assert "(4x4 -> 16x16)" in text
+    assert report["targets"] == []  # a sub-grid is never judged against the targets
+    assert (workdir / "fast-float32-optimised.npz").is_file()
+
+
+def test_sub_grid_decode_is_scaled_to_the_full_grid(tiny_report) -> None:
+    report, _ = tiny_report
+    run = report["runs"][0]
+    scaled = bench_stages.scaled_stages(run)
+    factor = (16 / GRID) ** 2
+    assert scaled["decode"] == pytest.approx(run["stages"]["decode"] * factor)
+    assert scaled["total"] - scaled["decode"] == pytest.approx(
+        run["stages"]["total"] - run["stages"]["decode"]
+    )
+    assert scaled["embed"] == run["stages"]["embed"]
+    [row] = bench_stages.ratios(report)
+    slow = bench_stages.scaled_stages(report["runs"][1])
+    assert row["decode"] == pytest.approx(slow["decode"] / scaled["decode"])
+
+
+def test_perturbed_outputs_are_reported_different(tiny_report) -> None:
+    _, workdir = tiny_report
+    reference = Outputs.load(workdir / "fast-float32-optimised.npz")
+    straightforward = Outputs.load(workdir / "fast-float32-straightforward.npz")
+    assert compare_outputs(reference, straightforward).identical
+    assert len(reference) >= 1
+
+    def changed(**fields: np.ndarray) -> Outputs:
+        return dataclasses.replace(reference, **fields)
+
+    scores = reference.scores.copy()
+    scores[0] += 5e-5
+    assert compare_outputs(reference, changed(scores=scores)).identical  # within 1e-4
+    scores[0] += 1e-3
+    result = compare_outputs(reference, changed(scores=scores))
+    assert not result.identical and "scores differ" in result.reason
+
+    masks = reference.masks.copy()
+    masks[0, 0, 0] = not masks[0, 0, 0]
+    result = compare_outputs(reference, changed(masks=masks))
+    assert not result.identical and not result.masks_equal and "1 pixels" in result.reason
+
+    labels = reference.labels.copy()
+    labels[0] += 1
+    result = compare_outputs(reference, changed(labels=labels))
+    assert not result.identical and not result.labels_equal
+
+    fewer = changed(
+        masks=reference.masks[1:],
+        scores=reference.scores[1:],
+        labels=reference.labels[1:],
+        boxes=reference.boxes[1:],
+    )
+    result = compare_outputs(reference, fewer)
+    assert not result.identical and result.count == (len(reference), len(reference) - 1)
+
+    iou = reference.predicted_iou.copy()
+    iou[0] += 0.25
+    assert compare_outputs(reference, changed(predicted_iou=iou)).max_predicted_iou_diff == pytest.approx(
+        0.25, abs=1e-6
+    )
+
+
+def _outputs(masks: np.ndarray, labels: list[int]) -> Outputs:
+    n = len(masks)
+    return Outputs(
+        masks=masks,
+        scores=np.linspace(1.0, 0.5, n, dtype=np.float32),
+        labels=np.array(labels, dtype=np.int64),
+        boxes=np.zeros((n, 4), dtype=np.float32),
+        predicted_iou=np.zeros(0, dtype=np.float32),
+    )
+
+
+def test_match_fraction_needs_same_class_and_iou_095() -> None:
+    masks = np.zeros((3, 20, 20), dtype=bool)
+    masks[0, :10, :10] = True  # 100 px
+    masks[1, 10:, 10:] = True
+    masks[2, :5, 15:] = True
+    reference = _outputs(masks, [0, 1, 1])
+    assert match_fraction(reference, reference) == 1.0
+
+    shifted = masks.copy()
+    shifted[0, :10, 10] = True  # IoU 100/110 = 0.91 < 0.95
+    assert match_fraction(reference, _outputs(shifted, [0, 1, 1])) == pytest.approx(2 / 3)
+    nudged = masks.copy()
+    nudged[0, 0, 10] = True  # IoU 100/101 >= 0.95
+    assert match_fraction(reference, _outputs(nudged, [0, 1, 1])) == 1.0
+    assert match_fraction(reference, _outputs(masks, [1, 1, 1])) == pytest.approx(2 / 3)
+    # one-to-one: two reference instances cannot both match one candidate
+    twice = _outputs(np.stack([masks[0], masks[0]]), [0, 0])
+    assert match_fraction(twice, _outputs(masks[:1], [0])) == 0.5
+    assert match_fraction(_outputs(masks[:0], []), _outputs(masks[:0], [])) == 1.0
+    assert match_fraction(reference, _outputs(masks[:0], [])) == 0.0
+    assert mask_iou(masks[:1], shifted[:1])[0, 0] == pytest.approx(100 / 110)
+
+
+def test_targets_are_judged_on_full_grid_optimised_runs() -> None:
+    def run(label: str, total: float, rss: int, grid: int = 32) -> dict:
+        return {
+            "label": label,
+            "stages": {"total": total},
+            "peak_rss_bytes": rss,
+            "grid": grid,
+            "preset_grid": 32,
+        }
+
+    gib = bench_stages.GIB
+    report = {
+        "runs": [
+            run("paper/float32/optimised", 45.0, 2 * gib),
+            run("paper/float32/straightforward", 200.0, 13 * gib),
+            run("paper/bfloat16/optimised", 10.0, 2 * gib),
+        ],
+        "bfloat16": [{"preset": "paper", "match": 0.98}],
+        "comparisons": [{"preset": "paper", "dtype": "float32", "identical": True}],
+    }
+    targets = {(t["preset"], t["dtype"]): t for t in bench_stages.check_targets(report)}
+    assert set(targets) == {("paper", "float32"), ("paper", "bfloat16")}
+    f32, bf16 = targets[("paper", "float32")], targets[("paper", "bfloat16")]
+    assert not f32["time_met"] and f32["rss_met"] and f32["identical"]
+    assert bf16["time_met"] and not bf16["match_met"]
+    assert bench_stages._met(False, 45.0, 30.0) == "MISSED by 50%"
+
+    report["runs"][0]["grid"] = 8
+    assert ("paper", "float32") not in {(t["preset"], t["dtype"]) for t in bench_stages.check_targets(report)}
+
+
+def test_plan_adds_float32_reference_for_bfloat16() -> None:
+    args = bench_stages.parse_args(["--presets", "paper", "--dtype", "bfloat16"])
+    assert bench_stages.plan_runs(args) == [
+        ("paper", "float32", "optimised"),
+        ("paper", "float32", "straightforward"),
+        ("paper", "bfloat16", "optimised"),
+    ]
+    args = bench_stages.parse_args(["--presets", "fast", "--skip-straightforward"])
+    assert bench_stages.plan_runs(args) == [("fast", "float32", "optimised")]
+
+
+def test_synthetic_matching_paths_agree() -> None:
+    torch.manual_seed(0)
+    inputs = synthetic_matching_inputs(n_objects=12, image_size=(60, 80), channels=16, classes=3)
+    assert inputs.low_res_logits.shape == (12 * 5 + 4, 256, 256)
+    fast = matching.postprocess(
+        inputs.low_res_logits, inputs.predicted_iou, inputs.feature_map, inputs.prototypes, inputs.image_size
+    )
+    naive = straightforward_postprocess(inputs)
+    assert len(fast) > 3
+    assert same_result(fast, naive)
+    assert torch.equal(fast.boxes, naive.boxes)
+    moved = dataclasses.replace(naive, scores=naive.scores + 1e-3)
+    assert not same_result(fast, moved)
+
+    timing = time_matching(inputs, repeats=1)
+    assert timing["identical"] and timing["merge_identical"]
+    assert 0 < timing["survivors"] < timing["proposals"]
+    assert set(timing["levers"]) == {"pool_fast", "pool_dense", "merge_cropped", "merge_dense"}
+
+
+def test_memory_file_size_is_features_plus_metadata(tmp_path: Path) -> None:
+    size = memory_file_size(tmp_path / "memory.safetensors", classes=2, shots=3, feature_dim=64)
+    features = 2 * 3 * 64 * 4
+    assert features < size < features + 16_000
+
+
+def test_worker_subprocess_round_trip(tmp_path: Path) -> None:
+    job = {
+        "kind": "matching",
+        "channels": 8,
+        "image_size": [40, 50],
+        "objects": 6,
+        "repeats": 1,
+        "threads": 1,
+        "memory_file": None,
+    }
+    result = bench_stages.run_job_isolated(job, tmp_path, "matching-tiny", timeout=120)
+    assert "error" not in result, result
+    assert result["identical"] and result["proposals"] == 6 * 5 + 2
+    assert (tmp_path / "matching-tiny.job.json").is_file() and (tmp_path / "matching-tiny.log").is_file()
+    with pytest.raises(ValueError, match="unknown job kind"):
+        bench_stages.run_job({"kind": "nonsense"})
+
+
+def test_help_runs() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench_stages.parse_args(["--help"])
+    assert exit_info.value.code == 0

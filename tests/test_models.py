@@ -1,0 +1,309 @@
+"""The SAM2 proposer and DINOv2 encoder against direct calls of the transformers models."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_sam2_config
+from transformers import Dinov2Model, Dinov2WithRegistersModel, Sam2Config, Sam2Model
+
+import refseg.models.fast_decoder as fast_decoder
+from refseg.errors import InvalidInputError
+from refseg.models import Encoder, Proposer
+from refseg.models.dinov2 import Dinov2Encoder
+from refseg.models.sam2 import IMAGENET_MEAN, IMAGENET_STD, Sam2Proposer
+
+LOGIT_ATOL = 1e-5
+IOU_ATOL = 1e-6
+
+
+def grid_points(per_side: int, size: int = 1024) -> torch.Tensor:
+    """(per_side**2, 2) (x, y) grid: evenly spaced over [0, size - 1], plus 0.5."""
+    axis = torch.linspace(0, size - 1, per_side) + 0.5
+    xs, ys = torch.meshgrid(axis, axis, indexing="xy")
+    return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)
+
+
+def normalized(images: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (images - mean) / std
+
+
+@pytest.fixture(scope="module")
+def sam2_reference(tiny_sam2_dir: Path) -> Sam2Model:
+    """The same tiny checkpoint, loaded directly with transformers."""
+    return Sam2Model.from_pretrained(tiny_sam2_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def stock_proposer(tiny_sam2_dir: Path) -> Sam2Proposer:
+    return Sam2Proposer(Sam2Model.from_pretrained(tiny_sam2_dir), device="cpu", decoder="stock")
+
+
+@pytest.fixture(scope="module")
+def direct_outputs(sam2_reference: Sam2Model, tiny_image: torch.Tensor):
+    """Direct Sam2Model calls on a 6x6 grid: (points, multimask logits (P,3,256,256), iou (P,3))."""
+    points = grid_points(6)
+    with torch.no_grad():
+        embeddings = sam2_reference.get_image_embeddings(normalized(tiny_image)[None])
+        out = sam2_reference(
+            image_embeddings=embeddings,
+            input_points=points.view(1, -1, 1, 2),
+            input_labels=torch.ones((1, len(points), 1), dtype=torch.int32),
+            multimask_output=True,
+        )
+    return points, out.pred_masks[0], out.iou_scores[0]
+
+
+# ---------------------------------------------------------------------------- proposer
+
+
+def test_proposer_meets_protocol(tiny_models):
+    proposer, encoder = tiny_models
+    assert isinstance(proposer, Proposer)
+    assert isinstance(encoder, Encoder)
+    assert proposer.image_size == 1024
+    assert proposer.decoder == "fast"
+
+
+def test_embedding_equals_direct_image_encoder(tiny_models, sam2_reference, tiny_image):
+    proposer, _ = tiny_models
+    embedding = proposer.embed(tiny_image)
+    with torch.no_grad():
+        expected = sam2_reference.get_image_embeddings(normalized(tiny_image)[None])
+    for ours, theirs in zip(embedding.as_list(), expected, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    assert embedding.image_embeddings.shape[-2:] == (64, 64)
+    assert embedding.feat_s0.shape[-2:] == (256, 256)
+
+
+def test_encoder_runs_once_per_image(tiny_models, tiny_image, monkeypatch):
+    proposer, _ = tiny_models
+    calls = []
+    original = proposer.model.get_image_embeddings
+    monkeypatch.setattr(
+        proposer.model, "get_image_embeddings", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    proposer.propose(tiny_image, grid_points(5), batch_size=4, iou_threshold=0.0)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("decoder", ["stock", "fast"])
+def test_propose_equals_direct_best_of_three(decoder, tiny_sam2_dir, tiny_image, direct_outputs):
+    points, masks, iou = direct_outputs
+    proposer = Sam2Proposer(Sam2Model.from_pretrained(tiny_sam2_dir), device="cpu", decoder=decoder)
+    proposals = proposer.propose(tiny_image, points, batch_size=16, iou_threshold=-1.0)
+
+    best_iou, best = iou.max(dim=1)
+    assert len(best.unique()) > 1, "the tiny model should not always pick the same mask"
+    assert len(proposals) == len(points)
+    assert proposals.low_res_logits.shape == (len(points), 256, 256)
+    assert proposals.low_res_logits.dtype == proposals.predicted_iou.dtype == torch.float32
+    torch.testing.assert_close(proposals.points, points, rtol=0, atol=0)
+    torch.testing.assert_close(proposals.predicted_iou, best_iou, rtol=0, atol=IOU_ATOL)
+    torch.testing.assert_close(
+        proposals.low_res_logits, masks[torch.arange(len(points)), best], rtol=0, atol=LOGIT_ATOL
+    )
+
+
+@pytest.mark.parametrize("decoder", ["stock", "fast"])
+def test_iou_threshold_keeps_strictly_greater(decoder, tiny_sam2_dir, tiny_image, direct_outputs):
+    points, masks, iou = direct_outputs
+    best_iou, best = iou.max(dim=1)
+    proposer = Sam2Proposer(Sam2Model.from_pretrained(tiny_sam2_dir), device="cpu", decoder=decoder)
+    embedding = proposer.embed(tiny_image)
+
+    ordered = best_iou.sort().values
+    middle = len(ordered) // 2
+    threshold = float(ordered[middle - 1] + ordered[middle]) / 2  # between two proposals
+    proposals = proposer.decode(embedding, points, batch_size=7, iou_threshold=threshold)
+    keep = best_iou > threshold
+    assert 0 < int(keep.sum()) < len(points)
+    assert len(proposals) == int(keep.sum())
+    torch.testing.assert_close(proposals.points, points[keep], rtol=0, atol=0)
+    torch.testing.assert_close(proposals.predicted_iou, best_iou[keep], rtol=0, atol=IOU_ATOL)
+    expected = masks[torch.arange(len(points)), best][keep]
+    torch.testing.assert_close(proposals.low_res_logits, expected, rtol=0, atol=LOGIT_ATOL)
+    assert bool((proposals.predicted_iou > threshold).all())
+
+    if decoder == "stock":  # bit-identical to the direct call: a tie with the threshold is dropped
+        tied = proposer.decode(embedding, points, batch_size=7, iou_threshold=float(ordered[middle]))
+        assert len(tied) == int((best_iou > ordered[middle]).sum()) == len(proposals) - 1
+
+    none = proposer.decode(embedding, points, batch_size=7, iou_threshold=1.0)
+    assert len(none) == 0
+    assert none.low_res_logits.shape == (0, 256, 256)
+    assert none.points.shape == (0, 2)
+
+
+@pytest.mark.parametrize("decoder", ["stock", "fast"])
+def test_prompt_order_and_batch_size(decoder, tiny_sam2_dir, tiny_image):
+    proposer = Sam2Proposer(Sam2Model.from_pretrained(tiny_sam2_dir), device="cpu", decoder=decoder)
+    embedding = proposer.embed(tiny_image)
+    points = grid_points(4)
+    reference = proposer.decode(embedding, points, batch_size=64, iou_threshold=-1.0)
+    for batch_size in (1, 5):
+        other = proposer.decode(embedding, points, batch_size=batch_size, iou_threshold=-1.0)
+        torch.testing.assert_close(other.low_res_logits, reference.low_res_logits, rtol=0, atol=LOGIT_ATOL)
+        torch.testing.assert_close(other.predicted_iou, reference.predicted_iou, rtol=0, atol=IOU_ATOL)
+    order = torch.randperm(len(points), generator=torch.Generator().manual_seed(1))
+    shuffled = proposer.decode(embedding, points[order], batch_size=4, iou_threshold=-1.0)
+    torch.testing.assert_close(shuffled.points, points[order], rtol=0, atol=0)
+    torch.testing.assert_close(
+        shuffled.low_res_logits, reference.low_res_logits[order], rtol=0, atol=LOGIT_ATOL
+    )
+
+
+def test_no_points_gives_empty_proposals(tiny_models, tiny_image):
+    proposer, _ = tiny_models
+    proposals = proposer.propose(tiny_image, torch.zeros((0, 2)), batch_size=8, iou_threshold=0.0)
+    assert len(proposals) == 0
+    assert proposals.low_res_logits.shape == (0, 256, 256)
+
+
+def test_wrong_image_shape_is_refused(tiny_models):
+    proposer, _ = tiny_models
+    with pytest.raises(ValueError, match="1024"):
+        proposer.embed(torch.zeros(3, 512, 512))
+
+
+def test_masks_from_boxes_equal_direct_single_mask(tiny_models, sam2_reference, tiny_image):
+    proposer, _ = tiny_models
+    boxes = torch.tensor(
+        [[100.0, 120.0, 400.0, 500.0], [0.0, 0.0, 1023.0, 1023.0], [600.0, 50.0, 900.0, 300.0]]
+    )
+    masks = proposer.masks_from_boxes(tiny_image, boxes)
+    assert masks.shape == (3, 256, 256)
+    assert masks.dtype == torch.float32
+    with torch.no_grad():
+        embeddings = sam2_reference.get_image_embeddings(normalized(tiny_image)[None])
+        out = sam2_reference(image_embeddings=embeddings, input_boxes=boxes[None], multimask_output=False)
+    torch.testing.assert_close(masks, out.pred_masks[0, :, 0], rtol=0, atol=LOGIT_ATOL)
+    assert proposer.masks_from_boxes(tiny_image, torch.zeros((0, 4))).shape == (0, 256, 256)
+
+
+# ---------------------------------------------------------------------------- fast decoder
+
+
+def test_fast_decoder_equals_stock_across_chunks(tiny_models, stock_proposer, tiny_image, monkeypatch):
+    fast, _ = tiny_models
+    monkeypatch.setattr(fast_decoder, "PROMPT_CHUNK", 5)
+    monkeypatch.setattr(fast_decoder, "UPSCALE_CHUNK", 2)
+    embedding = fast.embed(tiny_image)
+    points = grid_points(7)
+    for threshold in (-1.0, 0.5):
+        expected = stock_proposer.decode(embedding, points, batch_size=64, iou_threshold=threshold)
+        got = fast.decode(embedding, points, batch_size=64, iou_threshold=threshold)
+        assert len(got) == len(expected) > 0
+        torch.testing.assert_close(got.points, expected.points, rtol=0, atol=0)
+        torch.testing.assert_close(got.predicted_iou, expected.predicted_iou, rtol=0, atol=IOU_ATOL)
+        torch.testing.assert_close(got.low_res_logits, expected.low_res_logits, rtol=0, atol=LOGIT_ATOL)
+
+
+def test_fast_decoder_equals_stock_with_more_heads(tiny_image):
+    """A wider decoder (64 channels, 8 heads as in the released models)."""
+    parts = tiny_sam2_config().to_dict()
+    parts["vision_config"]["fpn_hidden_size"] = 64
+    parts["prompt_encoder_config"]["hidden_size"] = 64
+    parts["mask_decoder_config"].update(
+        hidden_size=64, num_attention_heads=8, mlp_dim=128, iou_head_hidden_dim=64
+    )
+    torch.manual_seed(5)
+    model = Sam2Model(
+        Sam2Config(**{k: parts[k] for k in ("vision_config", "prompt_encoder_config", "mask_decoder_config")})
+    )
+    stock = Sam2Proposer(model, device="cpu", decoder="stock")
+    fast = Sam2Proposer(model, device="cpu", decoder="fast")
+    embedding = stock.embed(tiny_image)
+    points = grid_points(3)
+    expected = stock.decode(embedding, points, batch_size=4, iou_threshold=-1.0)
+    got = fast.decode(embedding, points, batch_size=4, iou_threshold=-1.0)
+    torch.testing.assert_close(got.predicted_iou, expected.predicted_iou, rtol=0, atol=IOU_ATOL)
+    scale = float(expected.low_res_logits.abs().max())
+    torch.testing.assert_close(
+        got.low_res_logits, expected.low_res_logits, rtol=0, atol=1e-5 * max(scale, 1.0)
+    )
+
+
+def test_bfloat16_runs_and_stays_close(tiny_sam2_dir, tiny_image):
+    points = grid_points(4)
+    exact = Sam2Proposer(Sam2Model.from_pretrained(tiny_sam2_dir), device="cpu", decoder="stock")
+    expected = exact.propose(tiny_image, points, batch_size=8, iou_threshold=-1.0)
+    for decoder in ("stock", "fast"):
+        proposer = Sam2Proposer(
+            Sam2Model.from_pretrained(tiny_sam2_dir), device="cpu", dtype=torch.bfloat16, decoder=decoder
+        )
+        got = proposer.propose(tiny_image, points, batch_size=8, iou_threshold=-1.0)
+        assert got.low_res_logits.dtype == got.predicted_iou.dtype == torch.float32
+        assert got.low_res_logits.shape == expected.low_res_logits.shape
+        torch.testing.assert_close(got.predicted_iou, expected.predicted_iou, rtol=0, atol=0.05)
+
+
+def test_tiny_grid_is_fast(tiny_models, tiny_image):
+    """16x16 grid + image encoding on the tiny model: well under a few seconds on a laptop CPU."""
+    proposer, _ = tiny_models
+    proposer.propose(tiny_image, grid_points(2), batch_size=4, iou_threshold=0.0)  # warm-up
+    start = time.perf_counter()
+    proposals = proposer.propose(tiny_image, grid_points(16), batch_size=64, iou_threshold=0.0)
+    elapsed = time.perf_counter() - start
+    assert len(proposals) > 0
+    assert elapsed < 10.0, f"16x16 grid took {elapsed:.1f} s"
+
+
+# ---------------------------------------------------------------------------- encoder
+
+
+def test_encoder_output_equals_manual_forward(tiny_models, tiny_dinov2_dir):
+    _, encoder = tiny_models
+    images = torch.rand((2, 3, 518, 518), generator=torch.Generator().manual_seed(3))
+    features = encoder.encode(images)
+    assert features.shape == (2, 32, 37, 37)
+    assert features.dtype == torch.float32
+    model = Dinov2Model.from_pretrained(tiny_dinov2_dir).eval()
+    with torch.no_grad():
+        tokens = model(pixel_values=normalized(images)).last_hidden_state
+    assert tokens.shape[1] == 1 + 37 * 37
+    expected = tokens[:, 1:].reshape(2, 37, 37, 32).permute(0, 3, 1, 2)
+    torch.testing.assert_close(features, expected, rtol=0, atol=1e-5)
+    # Each image is encoded independently of its batch.
+    torch.testing.assert_close(encoder.encode(images[1:]), features[1:], rtol=1e-5, atol=1e-5)
+
+
+def test_encoder_drops_register_tokens(tiny_dinov2_registers_dir):
+    model = Dinov2WithRegistersModel.from_pretrained(tiny_dinov2_registers_dir).eval()
+    encoder = Dinov2Encoder(model, name="tiny", device="cpu")
+    images = torch.rand((1, 3, 518, 518), generator=torch.Generator().manual_seed(4))
+    features = encoder.encode(images)
+    assert features.shape == (1, 32, 37, 37)
+    with torch.no_grad():
+        tokens = model(pixel_values=normalized(images)).last_hidden_state
+    assert tokens.shape[1] == 1 + 4 + 37 * 37
+    expected = tokens[:, 5:].reshape(1, 37, 37, 32).permute(0, 3, 1, 2)
+    torch.testing.assert_close(features, expected, rtol=0, atol=1e-5)
+
+
+def test_encoder_identity_and_other_sizes(tiny_models, tiny_dinov2_dir):
+    _, encoder = tiny_models
+    assert encoder.identity.name == tiny_dinov2_dir.name
+    assert encoder.identity.revision == "local"
+    assert encoder.identity.input_size == 518
+    assert encoder.identity.feature_dim == 32
+    small = Dinov2Encoder(encoder.model, name="tiny", input_size=224)
+    assert small.encode(torch.rand(1, 3, 224, 224)).shape == (1, 32, 16, 16)
+    with pytest.raises(InvalidInputError, match="multiple of the patch size 14"):
+        Dinov2Encoder(encoder.model, name="tiny", input_size=500)
+    with pytest.raises(ValueError, match="518"):
+        encoder.encode(torch.rand(1, 3, 224, 224))
+
+
+def test_encoder_bfloat16(tiny_models):
+    _, encoder = tiny_models
+    images = torch.rand((1, 3, 518, 518), generator=torch.Generator().manual_seed(6))
+    half = Dinov2Encoder(encoder.model, name="tiny", dtype=torch.bfloat16)
+    features = half.encode(images)
+    assert features.dtype == torch.float32
+    torch.testing.assert_close(features, encoder.encode(images), rtol=0.1, atol=0.1)
