@@ -226,6 +226,11 @@ def test_run_finds_the_objects_and_skips_unreadable_files(models, scene, tmp_pat
     assert "0 instances" in gallery_all[0][1] and json.loads(open(files_all[0]).read()) == []
     assert np.array_equal(np.asarray(gallery_all[0][0]), target.image)
 
+    # Removing a class after the run does not break the results already shown.
+    actions.remove_class(state, "blue")
+    _, files_after = actions.render_results(state, 0.5)
+    assert len(json.loads(open(files_after[0]).read())) == 4
+
 
 def test_render_without_results_offers_nothing() -> None:
     assert actions.render_results(SessionState(), 0.3) == ([], [])

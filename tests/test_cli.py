@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from datasets import make_coco_dataset, make_voc_dataset, synthesize_coco, write_coco_dataset
+from cocodata import make_coco_dataset, make_voc_dataset, synthesize_coco, write_coco_dataset
 from PIL import Image
 
 import refseg
@@ -352,3 +352,23 @@ def test_predict_needs_existing_targets(tmp_path: Path, built_memory, models) ->
     result = invoke("predict", "--memory", built_memory["memory"], tmp_path / "nothing-here", "-o",
                     tmp_path / "r.json", *models)  # fmt: skip
     assert result.exit_code == 1 and "No such image file or folder" in result.stderr
+
+
+def test_predict_with_a_reference_folder_runs_the_readme_example(tmp_path: Path, models) -> None:
+    """The README's first command, on the shipped example, with tiny models instead of the hub's."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "coins"
+    out = tmp_path / "coins" / "results.json"
+    result = ok(
+        "predict", "--references", example / "references", example / "targets", "-o", out,
+        "--vis", tmp_path / "vis", "--points-per-side", 4, *models,
+    )  # fmt: skip
+    assert "coin" in result.stdout
+    bank = MemoryBank.load(str(out) + ".memory.safetensors")
+    assert bank.counts() == {"coin": 1}
+    results = json.loads(out.read_text())
+    assert {r["category_id"] for r in results} <= {1}
+    assert (tmp_path / "vis" / "coins_bottom.png").is_file()
+    assert ok("eval", "--gt", example / "targets_gt.json", "--results", out).exit_code == 0
+    both = invoke("predict", "--references", example / "references", "--memory", out, example / "targets",
+                  "-o", out, *models)  # fmt: skip
+    assert both.exit_code == 1 and "either --memory" in both.output

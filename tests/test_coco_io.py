@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from datasets import compressed_rle, make_coco_dataset, synthesize_coco, uncompressed_rle, write_coco_dataset
+from cocodata import compressed_rle, make_coco_dataset, synthesize_coco, uncompressed_rle, write_coco_dataset
 from PIL import Image
 from pycocotools.coco import COCO
 

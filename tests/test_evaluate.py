@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from datasets import compressed_rle, ellipse_mask
+from cocodata import compressed_rle, ellipse_mask
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 

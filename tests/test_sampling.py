@@ -7,7 +7,7 @@ import logging
 import random
 
 import pytest
-from datasets import synthesize_coco
+from cocodata import synthesize_coco
 
 from refseg.data.sampling import is_valid_reference, sample_references
 from refseg.data.splits import (

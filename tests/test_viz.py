@@ -149,6 +149,18 @@ def test_pca_rgb_is_deterministic_and_in_range() -> None:
     assert pca_rgb(torch.randn(10, 2)).shape == (10, 3)  # fewer channels than components
 
 
+def test_pca_rgb_sets_the_colour_range_on_a_sample_of_many_patches(monkeypatch) -> None:
+    # torch.quantile refuses more than 2**24 values per column; pca_rgb samples evenly beyond a limit.
+    import refseg.viz as viz
+
+    features = torch.randn(20_000, 8, generator=torch.Generator().manual_seed(1))
+    full = pca_rgb(features)
+    monkeypatch.setattr(viz, "QUANTILE_SAMPLE", 2_000)
+    sampled = pca_rgb(features)
+    assert sampled.shape == full.shape
+    assert (sampled - full).abs().mean() < 5.0  # same picture, colour range from 2,000 patches
+
+
 def _scene_references(seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, str]]:
     scene = make_scene(seed, classes=("red", "green", "blue"), size=(160, 160), per_class=2, radius=(12, 18))
     return [(scene.image, mask, name) for mask, name in zip(scene.masks, scene.classes, strict=True)]
@@ -308,6 +320,16 @@ def test_memory_show_command_writes_the_picture(tiny_bank, tiny_dinov2_dir, tmp_
     assert "skipped reference 3 (blue)" in result.output and str(out) in result.output
     picture = Image.open(out)
     assert picture.size == (140 + 6 + 2 * (2 * 32 + 6), 6 + 2 * (32 + 6))
+    # One class only, one reference of it: one row, one pair of tiles.
+    common = ["--images", str(tmp_path), "--encoder", str(tiny_dinov2_dir), "--tile-size", "32"]
+    result = CliRunner().invoke(
+        show_memory_command,
+        [str(memory_path), "-o", str(out), "--classes", "red", "--max-per-class", "1", *common],
+    )
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (140 + 6 + 1 * (2 * 32 + 6), 6 + 1 * (32 + 6))
+    result = CliRunner().invoke(show_memory_command, [str(memory_path), "--classes", "red,dog", *common])
+    assert result.exit_code != 0 and "Unknown class(es) ['dog']" in result.output
 
 
 def test_memory_show_command_explains_what_is_missing(tiny_bank, tiny_dinov2_dir, tmp_path) -> None:

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datasets import make_coco_dataset, make_voc_dataset
+from cocodata import make_coco_dataset, make_voc_dataset
 
-from refseg.data.boxes import boxes_to_input_space, boxes_to_masks, logits_to_masks, proposer_input
+from refseg.data.boxes import boxes_to_input_space, boxes_to_masks, logits_to_masks
 from refseg.data.coco import box_to_mask, iter_images, load_coco, segmentation_to_mask
 from refseg.data.voc import voc_image_dir, voc_to_coco
 from refseg.errors import InvalidInputError
 from refseg.evaluate import evaluate
+from refseg.preprocess import proposer_input
 
 # ---------------------------------------------------------------- VOC -> COCO
 
@@ -192,7 +193,7 @@ def test_boxes_to_masks_with_a_known_proposer(box_only: tuple[dict, Path, dict])
     pixels = {info["id"]: image for info, image in iter_images(coco, image_dir)}
     for (image_tensor, boxes), info in zip(proposer.calls, coco["images"], strict=True):
         assert image_tensor.shape == (3, 64, 64) and 0.0 <= image_tensor.min() and image_tensor.max() <= 1.0
-        torch.testing.assert_close(image_tensor, proposer_input(pixels[info["id"]], 64))
+        torch.testing.assert_close(image_tensor, proposer_input(pixels[info["id"]], 64)[0])
         todo = [a for a in coco["annotations"][1:] if a["image_id"] == info["id"]]
         expected = [
             [x * 64 / 160, y * 64 / 120, (x + w) * 64 / 160, (y + h) * 64 / 120]
@@ -260,7 +261,7 @@ def test_geometry_helpers() -> None:
     assert masks.shape == (1, 30, 50) and masks[0, :, :25].all() and not masks[0, :, 25:].any()
     assert logits_to_masks(torch.zeros((0, 256, 256)), 3, 4).shape == (0, 3, 4)
     image = np.full((30, 50, 3), 255, dtype=np.uint8)
-    torch.testing.assert_close(proposer_input(image, 16), torch.ones(3, 16, 16))
+    torch.testing.assert_close(proposer_input(image, 16)[0], torch.ones(3, 16, 16))
 
 
 def test_boxes_to_masks_with_the_tiny_real_sam2(request: pytest.FixtureRequest, tmp_path: Path) -> None:

@@ -131,6 +131,7 @@ def picture_references(
     coco: Mapping[str, Any] | None = None,
     box_to_mask: BoxToMask | None = None,
     max_per_class: int | None = None,
+    classes: Sequence[str] | None = None,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray, str]], list[str]]:
     """Find each reference's image and mask again from the provenance the bank stored.
 
@@ -138,6 +139,10 @@ def picture_references(
     ``file`` / ``file_name`` (image path, relative ones looked up under ``images_dir``), and
     ``mask`` (RLE or polygons, written by the web app), ``mask_file`` (folder references),
     ``annotation_id`` (found in ``coco``) or ``box`` (made into a mask by ``box_to_mask``).
+
+    Args:
+        max_per_class: at most this many references of each class (the first found).
+        classes: only references of these classes (default: all).
 
     Returns:
         (image (H, W, 3) uint8, mask (H, W) bool, class name) per reference found, and one
@@ -152,6 +157,8 @@ def picture_references(
     skipped: list[str] = []
     per_class: dict[str, int] = {}
     for record in bank.references:
+        if classes is not None and record.class_name not in classes:
+            continue
         if max_per_class is not None and per_class.get(record.class_name, 0) >= max_per_class:
             continue
         source = record.source
@@ -207,6 +214,7 @@ def picture_references(
     help="SAM2 hub id or directory, only for references known by a box (default: the paper preset's).",
 )
 @click.option("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available).")
+@click.option("--classes", default=None, help="Only these classes, comma-separated (default: all).")
 @click.option("--max-per-class", type=int, default=8, show_default=True, help="References shown per class.")
 @click.option("--tile-size", type=int, default=128, show_default=True, help="Side of each tile in pixels.")
 def show_memory_command(
@@ -217,6 +225,7 @@ def show_memory_command(
     encoder: str | None,
     sam2: str | None,
     device: str | None,
+    classes: str | None,
     max_per_class: int,
     tile_size: int,
 ) -> None:
@@ -237,8 +246,17 @@ def show_memory_command(
         dino = load_encoder(encoder or bank.encoder.name, input_size=bank.encoder.input_size, device=device)
         bank.check_encoder(dino.identity)
         box_to_mask = _lazy_box_to_mask(sam2 or PRESETS["paper"].sam2_id, dino, device)
+        wanted = None if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
+        unknown = sorted(set(wanted or []) - set(bank.class_names))
+        if unknown:
+            raise InvalidInputError(f"Unknown class(es) {unknown}; the memory holds: {bank.class_names}.")
         references, skipped = picture_references(
-            bank, images_dir=images_dir, coco=coco, box_to_mask=box_to_mask, max_per_class=max_per_class
+            bank,
+            images_dir=images_dir,
+            coco=coco,
+            box_to_mask=box_to_mask,
+            max_per_class=max_per_class,
+            classes=wanted,
         )
         for line in skipped:
             click.echo(f"skipped {line}", err=True)

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import EncoderMismatchError, InvalidInputError
 from .models.base import Encoder, EncoderIdentity
+from .preprocess import image_to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +79,6 @@ def context_crop_box(
     if xe <= x0 or ye <= y0:
         raise InvalidInputError(f"The reference box {list(box)} lies outside the {width}x{height} image.")
     return x0, y0, xe, ye
-
-
-def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1]."""
-    array = image if image.flags.writeable else image.copy()
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
 
 def reference_inputs(

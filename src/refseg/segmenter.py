@@ -8,14 +8,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import matching
 from .data.images import ImageLike, load_image
 from .errors import InvalidInputError
 from .instances import Instances
-from .memory import MaskLike, MemoryBank, decode_mask, image_to_tensor, reference_feature
+from .memory import MaskLike, MemoryBank, decode_mask, reference_feature
 from .models.base import Encoder, Proposals, Proposer
+from .preprocess import encoder_input, proposer_input
 from .presets import Preset, get_preset
 
 logger = logging.getLogger(__name__)
@@ -174,26 +174,20 @@ class Segmenter:
     # ------------------------------------------------------------------ prediction
 
     def _proposer_input(self, pixels: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 -> (1, 3, S, S) in [0, 1]: square resize, no aspect kept, no padding."""
-        size = self.proposer.image_size
-        image = image_to_tensor(pixels)
-        return F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return proposer_input(pixels, self.proposer.image_size)
 
-    def _encoder_input(self, proposer_input: torch.Tensor) -> torch.Tensor:
-        """The proposer's square image resized bicubically to the encoder input."""
-        size = self.encoder.identity.input_size
-        resized = F.interpolate(proposer_input, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-        return resized.clamp_(0.0, 1.0)
+    def _encoder_input(self, proposer_image: torch.Tensor) -> torch.Tensor:
+        return encoder_input(proposer_image, self.encoder.identity.input_size)
 
     def propose(self, image: ImageLike) -> Proposals:
         """SAM2 proposals on an image (METHOD.md section 2), in the proposer's input space."""
         pixels = load_image(image)
         return self._propose(self._proposer_input(pixels))
 
-    def _propose(self, proposer_input: torch.Tensor) -> Proposals:
+    def _propose(self, square: torch.Tensor) -> Proposals:
         points = matching.point_grid(self.settings.points_per_side, self.proposer.image_size)
         return self.proposer.propose(
-            proposer_input[0],
+            square[0],
             points,
             batch_size=self.settings.points_batch_size,
             iou_threshold=self.settings.iou_threshold,
@@ -215,11 +209,11 @@ class Segmenter:
         height, width = pixels.shape[:2]
         settings = self.settings
         with torch.inference_mode():
-            proposer_input = self._proposer_input(pixels)
-            proposals = self._propose(proposer_input)
+            square = self._proposer_input(pixels)
+            proposals = self._propose(square)
             if len(proposals) == 0:
                 return Instances.empty(height, width, class_names)
-            features = self.encoder.encode(self._encoder_input(proposer_input))[0].float().cpu()
+            features = self.encoder.encode(self._encoder_input(square))[0].float().cpu()
             result = matching.postprocess(
                 proposals.low_res_logits.float().cpu(),
                 proposals.predicted_iou.float().cpu(),

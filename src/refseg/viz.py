@@ -50,6 +50,9 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 )
 
 
+QUANTILE_SAMPLE = 1_000_000  # patches used to set the PCA colour range
+
+
 def class_color(class_name: str) -> tuple[int, int, int]:
     """The colour of a class: ``PALETTE[crc32(utf-8 name) % len(PALETTE)]``.
 
@@ -341,6 +344,8 @@ def pca_rgb(features: torch.Tensor, fit_weights: torch.Tensor | None = None) -> 
         axes = torch.cat([axes, torch.zeros(axes.shape[0], 3 - axes.shape[1])], dim=1)
     projected = (features - mean) @ axes
     fitted = (fit - mean) @ axes
+    if fitted.shape[0] > QUANTILE_SAMPLE:  # torch.quantile refuses very large inputs
+        fitted = fitted[torch.linspace(0, fitted.shape[0] - 1, QUANTILE_SAMPLE).long()]
     low = torch.quantile(fitted, 0.01, dim=0)
     high = torch.quantile(fitted, 0.99, dim=0)
     scale = torch.where(high > low, high - low, torch.ones_like(high))
@@ -368,7 +373,8 @@ def memory_picture(
     neighbour, as the bank pools) is 0, down to ``background_brightness``.
 
     Layout: one row per class (classes in order of first appearance); each row has the class
-    name, then one (crop with outlined mask, PCA view) pair of tiles per reference.
+    name, then one (crop with outlined mask, PCA view) pair of tiles per reference. All patch
+    features are held at once: meant for tens to a few hundred references, not a whole LVIS bank.
 
     Args:
         encoder: the memory bank's encoder.

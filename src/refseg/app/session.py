@@ -27,6 +27,7 @@ from ..data.images import load_image
 from ..errors import InvalidInputError
 from ..instances import Instances
 from ..memory import MemoryBank, context_crop_box, mask_box
+from ..runner import sidecar_path
 from ..segmenter import Segmenter
 from ..viz import draw_instances, draw_reference, memory_picture
 
@@ -91,6 +92,7 @@ class SessionState:
             brush. The editor keeps earlier strokes on the canvas, so only strokes painted since
             then mark the next object (see :func:`fresh_strokes`).
         results: the last run's targets, kept so the score slider redraws without recomputing.
+        result_categories: class name -> category id at the time of that run.
         workdir: folder for the files offered for download.
     """
 
@@ -99,6 +101,7 @@ class SessionState:
     crops: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     strokes: tuple[str, np.ndarray] | None = None
     results: list[TargetResult] = field(default_factory=list)
+    result_categories: dict[str, int] = field(default_factory=dict)
     workdir: str | None = None
 
     def folder(self) -> Path:
@@ -333,6 +336,7 @@ def run_targets(
             continue
         results.append(TargetResult(name, image, segmenter.predict(image)))
     state.results = results
+    state.result_categories = state.bank.category_ids
     return problems
 
 
@@ -344,12 +348,13 @@ def render_results(
     Returns:
         gallery: (overlay, caption) per target.
         files: ``results.json`` (COCO results: image_id, category_id, bbox, score, segmentation)
-            and ``results.images.json`` (image id -> file name, categories), as the CLI writes them;
+            and ``results.json.images.json`` (image id -> file name, categories), as ``refseg predict``
+            writes them;
             empty when there are no results.
     """
     if not state.results:
         return [], []
-    category_ids = state.bank.category_ids if state.bank is not None else None
+    category_ids = state.result_categories  # the run's: classes may have been removed since
     gallery, coco, images = [], [], []
     for image_id, result in enumerate(state.results, start=1):
         shown = result.instances.filter(score_threshold)
@@ -359,10 +364,10 @@ def render_results(
         coco.extend(shown.to_coco(image_id, category_ids))
         height, width = result.image.shape[:2]
         images.append({"id": image_id, "file_name": result.name, "height": height, "width": width})
-    categories = [{"id": i, "name": n} for n, i in sorted((category_ids or {}).items(), key=lambda kv: kv[1])]
+    categories = [{"id": i, "name": n} for n, i in sorted(category_ids.items(), key=lambda kv: kv[1])]
     folder = state.folder()
     results_path = folder / "results.json"
-    images_path = folder / "results.images.json"
+    images_path = sidecar_path(results_path, "images")
     results_path.write_text(json.dumps(coco))
     images_path.write_text(json.dumps({"images": images, "categories": categories}, indent=1))
     return gallery, [str(results_path), str(images_path)]

@@ -9,13 +9,14 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from ..errors import RefsegError
+from ..errors import InvalidInputError, RefsegError
 from ..memory import MemoryBank
 from ..segmenter import Segmenter
 from . import session as actions
@@ -32,6 +33,8 @@ since the last reference count). **2.** Upload target images and press **Run**.
 The score slider filters what is shown without recomputing. Memory and results can be downloaded.
 """
 REFERENCE_HEADERS = ["id", "class", "marked by", "file"]
+# Events that run the shared models wait for each other, whichever session sent them.
+MODELS: dict[str, Any] = {"concurrency_id": "models", "concurrency_limit": 1}
 
 
 def _user_errors(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -45,6 +48,12 @@ def _user_errors(function: Callable[..., Any]) -> Callable[..., Any]:
             raise gr.Error(str(error), print_exception=False) from error
 
     return wrapper
+
+
+def _forget_session(state: SessionState) -> None:
+    """Delete a closed session's download folder."""
+    if state is not None and state.workdir:
+        shutil.rmtree(state.workdir, ignore_errors=True)
 
 
 def _file_path(value: Any) -> str | None:
@@ -93,10 +102,9 @@ def build_app(
         mask = actions.fresh_strokes(state, image, painted)
         box = actions.parse_box(box_text)
         if painted is not None and mask is None and box is None:
-            raise gr.Error(
+            raise InvalidInputError(
                 "The strokes on this picture already marked the previous reference: paint the next "
-                "object, or type its box.",
-                print_exception=False,
+                "object, or type its box."
             )
         if mask is not None and box is not None:
             gr.Warning("Both new brush strokes and a box were given: the strokes are used.")
@@ -155,7 +163,7 @@ def build_app(
         return gallery, files
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
-        state = gr.State(initial)
+        state = gr.State(initial, delete_callback=_forget_session)
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Row():
             with gr.Column(scale=1):
@@ -184,6 +192,7 @@ def build_app(
                     columns=5,
                     height=200,
                     object_fit="contain",
+                    fit_columns=False,
                     allow_preview=False,
                     format="png",
                     elem_id="reference-gallery",
@@ -243,24 +252,20 @@ def build_app(
                     elem_id="overlays",
                 )
                 result_files = gr.File(
-                    label="COCO results (results.json) and image ids (results.images.json)",
+                    label="COCO results (results.json) and image ids (results.json.images.json)",
                     file_count="multiple",
                     interactive=False,
                     elem_id="result-files",
                 )
 
         views = [state, references, table, summary, class_choice]
-        add_button.click(
-            on_add, [state, class_name, editor, box_text], [*views, box_text], concurrency_limit=1
-        )
+        add_button.click(on_add, [state, class_name, editor, box_text], [*views, box_text], **MODELS)
         remove_class_button.click(on_remove_class, [state, class_choice], views)
         remove_ref_button.click(on_remove_reference, [state, ref_id], views)
         save_button.click(on_save, [state], [memory_file])
         memory_upload.upload(on_load, [state, memory_upload], views)
-        picture_button.click(on_picture, [state], [picture], concurrency_limit=1)
-        run_button.click(
-            on_run, [state, targets, threshold], [state, overlays, result_files], concurrency_limit=1
-        )
+        picture_button.click(on_picture, [state], [picture], **MODELS)
+        run_button.click(on_run, [state, targets, threshold], [state, overlays, result_files], **MODELS)
         threshold.release(on_threshold, [state, threshold], [overlays, result_files])
     return demo
 
@@ -293,7 +298,6 @@ def launch(
         share=False,
         quiet=quiet,
         show_error=True,
-        footer_links=[],
     )
     logger.info("refseg app at %s", url)
     if block:

@@ -15,31 +15,17 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
+from ..matching import upsample_masks
 from ..models.base import Proposer
+from ..preprocess import proposer_input
 from .coco import annotations_by_image, box_to_mask, has_segmentation, iter_images, mask_to_rle
 
 logger = logging.getLogger(__name__)
 
 BOXES_PER_CALL = 64
-
-
-def proposer_input(image: np.ndarray, size: int) -> torch.Tensor:
-    """An image as the proposer's input: resized to (size, size), no aspect kept, no padding.
-
-    Args:
-        image: (H, W, 3) uint8.
-        size: the proposer's square input side S.
-
-    Returns:
-        (3, S, S) float32 in [0, 1] (bilinear, antialiased when shrinking).
-    """
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div_(255.0)
-    resized = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return resized[0].clamp_(0.0, 1.0)
 
 
 def boxes_to_input_space(boxes_xywh: np.ndarray, height: int, width: int, size: int) -> torch.Tensor:
@@ -70,10 +56,7 @@ def logits_to_masks(low_res_logits: torch.Tensor, height: int, width: int) -> np
     """
     if low_res_logits.shape[0] == 0:
         return np.zeros((0, height, width), dtype=bool)
-    upsampled = F.interpolate(
-        low_res_logits[:, None].float(), size=(height, width), mode="bilinear", align_corners=False
-    )
-    return (upsampled[:, 0] > 0).cpu().numpy()
+    return upsample_masks(low_res_logits.float().cpu(), (height, width)).numpy()
 
 
 def boxes_to_masks(
@@ -172,7 +155,7 @@ def boxes_to_masks(
 def _masks_for_boxes(proposer: Proposer, image: np.ndarray, boxes_xywh: list, size: int) -> np.ndarray:
     """(K, H, W) bool masks of K COCO boxes on one (H, W, 3) uint8 image."""
     height, width = image.shape[:2]
-    pixels = proposer_input(image, size)
+    pixels = proposer_input(image, size)[0]
     boxes = boxes_to_input_space(np.asarray(boxes_xywh, dtype=np.float32), height, width, size)
     chunks = []
     with torch.inference_mode():

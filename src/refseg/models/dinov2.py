@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from transformers import Dinov2Model, Dinov2WithRegistersModel
 
@@ -54,6 +56,7 @@ class Dinov2Encoder:
             revision=revision,
             input_size=int(input_size),
             feature_dim=int(model.config.hidden_size),
+            fingerprint=weights_fingerprint(self.model),
         )
 
     def __repr__(self) -> str:
@@ -84,3 +87,13 @@ class Dinov2Encoder:
         batch, grid = images.shape[0], self.grid_size
         features = patch_tokens.reshape(batch, grid, grid, -1).permute(0, 3, 1, 2)
         return features.float().contiguous().cpu()
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of the first and last weight tensors: the same model loaded from a hub id or
+    from a local copy agrees, another model does not (memory banks check it)."""
+    parameters = list(model.parameters())
+    digest = hashlib.sha256()
+    for tensor in (parameters[0], parameters[-1]):
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]

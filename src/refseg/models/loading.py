@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from huggingface_hub import errors as hub_errors
@@ -156,6 +158,31 @@ def _hub_reason(error: Exception, revision: str | None) -> str:
     return f"the Hugging Face Hub could not be reached: {type(error).__name__}"
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers a TCP connection (so a missing model fails in seconds,
+    not after the hub client's retries)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _cached_or_downloaded_config(repo_id: str, revision: str | None) -> Path:
+    """The checkpoint's config.json: from the cache when there, else from the hub if reachable."""
+    try:
+        return Path(hf_hub_download(repo_id, "config.json", revision=revision, local_files_only=True))
+    except hub_errors.LocalEntryNotFoundError:
+        if not _hub_reachable():
+            raise
+    return Path(hf_hub_download(repo_id, "config.json", revision=revision))
+
+
 def _locate(kind: _ModelKind, id_or_dir: str | os.PathLike, revision: str | None) -> _Checkpoint:
     """Find the checkpoint's config (downloading it if needed) and name its version."""
     text = os.fspath(id_or_dir)
@@ -170,9 +197,10 @@ def _locate(kind: _ModelKind, id_or_dir: str | os.PathLike, revision: str | None
         raise _unavailable(kind, text, reason, is_local=True)
     else:
         try:
-            config_file = Path(hf_hub_download(text, "config.json", revision=revision))
+            config_file = _cached_or_downloaded_config(text, revision)
         except (hub_errors.HfHubHTTPError, OSError, ValueError) as error:
-            raise _unavailable(kind, text, _hub_reason(error, revision), is_local=False) from error
+            reason = f"{_hub_reason(error, revision)}; nor is it a local directory"
+            raise _unavailable(kind, text, reason, is_local=False) from error
         source, name, is_local = text, text, False
         # The cache stores files under .../snapshots/<commit hash>/.
         in_snapshot = config_file.parent.parent.name == "snapshots"
@@ -200,7 +228,7 @@ def _from_pretrained(
         )
     except _LOAD_ERRORS as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "no file named" in message:
+        if "no file named" in message or "does not appear to have a file named" in message:
             reason = "no weights file (model.safetensors)"
         else:
             reason = f"its weights are unreadable or corrupt: {message}"
