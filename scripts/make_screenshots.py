@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from refseg import Segmenter
     from refseg.data.images import load_image
-    from refseg.runner import read_mask
+    from refseg.references import read_mask
     from refseg.viz import draw_side_by_side, memory_picture
 
     if (args.sam2 is None) != (args.encoder is None):

@@ -12,16 +12,14 @@ from PIL import Image
 
 from refseg.errors import InvalidInputError
 from refseg.instances import Instances, masks_to_boxes
+from refseg.references import add_coco_references, folder_references, read_mask
 from refseg.runner import (
     Target,
-    add_coco_references,
     coco_targets,
     collect_targets,
-    folder_references,
     partial_path,
     partial_paths,
     predict_files,
-    read_mask,
     read_partial,
     sidecar_path,
 )
@@ -360,7 +358,7 @@ class RecordingSegmenter:
 
 
 def test_add_coco_references_uses_masks_boxes_and_reports_the_rest(tmp_path: Path) -> None:
-    from datasets import synthesize_coco, write_coco_dataset
+    from cocodata import synthesize_coco, write_coco_dataset
 
     data = synthesize_coco(3, ("cat", "dog"), seed=3)
     json_path, image_dir = write_coco_dataset(data, tmp_path)

@@ -324,7 +324,7 @@ def memory_build(
       refseg memory build --refs refs.json --images coco/train2017 -o memory.safetensors
       refseg memory build --folder my_refs/ --preset fast -o memory.safetensors
     """
-    from .runner import add_coco_references, add_folder_references
+    from .references import add_coco_references, add_folder_references
 
     if (refs is None) == (folder is None):
         raise InvalidInputError("Give either --refs REFS.json with --images DIR, or --folder DIR.")
@@ -468,7 +468,7 @@ def predict(
 
 def _build_folder_memory(segmenter: Any, folder: str, output: str, dist: DistributedContext) -> str:
     """Encode a class-per-sub-folder reference layout; rank 0 saves it beside OUTPUT."""
-    from .runner import add_folder_references
+    from .references import add_folder_references
 
     report = add_folder_references(segmenter, folder, progress=dist.is_main)
     if len(segmenter.memory) == 0:
@@ -647,7 +647,8 @@ def reproduce_coco_fsod(
     from .data.sampling import sample_references
     from .evaluate import evaluate, format_table
     from .memory import MemoryBank
-    from .runner import add_coco_references, coco_targets
+    from .references import add_coco_references
+    from .runner import coco_targets
 
     root = Path(coco_root)
     train_json = root / "annotations" / "instances_train2017.json"

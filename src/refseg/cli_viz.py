@@ -102,7 +102,7 @@ def _reference_mask(
 ) -> np.ndarray:
     """The mask of a reference from what its source recorded (mask, mask file, annotation or box)."""
     from .data.coco import has_segmentation, segmentation_to_mask
-    from .runner import read_mask
+    from .references import read_mask
 
     source = record.source
     height, width = image.shape[:2]

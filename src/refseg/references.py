@@ -1,0 +1,221 @@
+"""Building a memory bank from annotated references: a COCO json or a class-per-folder layout.
+
+Unusable references (unreadable image, empty or mismatched mask, crowd region) are skipped
+and reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .data.images import list_images, load_image
+from .errors import InvalidInputError, RefsegError
+from .runner import progress_bar
+
+logger = logging.getLogger(__name__)
+
+
+class SupportsAddReference(Protocol):
+    """What memory building needs from a segmenter (``refseg.Segmenter`` has it)."""
+
+    memory: Any
+
+    def add_reference(
+        self,
+        image: np.ndarray,
+        class_name: str,
+        *,
+        mask: Any = None,
+        box: Sequence[float] | None = None,
+        source: dict | None = None,
+    ) -> int: ...
+
+
+@dataclass
+class MemoryBuildReport:
+    """What a memory build did.
+
+    Attributes:
+        added: references added to the memory bank.
+        skipped: ``{"source": {...}, "reason": str}`` of each reference that could not be used.
+    """
+
+    added: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+def add_coco_references(
+    segmenter: SupportsAddReference,
+    coco: Mapping[str, Any],
+    images_dir: str | os.PathLike,
+    *,
+    progress: bool = True,
+) -> MemoryBuildReport:
+    """Add every annotation of a COCO dict (e.g. ``refseg sample`` output) to the memory bank.
+
+    Annotations are taken in file order. An annotation with a ``segmentation`` gives its mask;
+    a box-only one is turned into a mask by SAM2 from its box. Crowd regions, annotations on
+    unknown or unreadable images and unusable masks are skipped and reported, never fatal.
+    Each class present gets its COCO category id (``bank.set_category_id``).
+
+    Args:
+        segmenter: anything with ``add_reference`` and a ``memory`` bank.
+        coco: a COCO dict with images, annotations and categories.
+        images_dir: the folder the images' ``file_name`` are relative to.
+        progress: show a tqdm progress bar.
+    """
+    from .data.coco import annotation_to_mask, has_segmentation, image_path
+
+    names = {int(c["id"]): str(c["name"]) for c in coco.get("categories", [])}
+    images = {int(i["id"]): i for i in coco.get("images", [])}
+    report = MemoryBuildReport()
+    cached: tuple[int, np.ndarray] | None = None
+    annotations = list(coco.get("annotations", []))
+    bar = progress_bar(len(annotations), 0, enabled=progress, desc="memory", unit="ref")
+    try:
+        for annotation in annotations:
+            image_id = int(annotation["image_id"])
+            info = images.get(image_id, {})
+            source = {
+                "image_id": image_id,
+                "annotation_id": annotation.get("id"),
+                "file_name": info.get("file_name"),
+            }
+            try:
+                name = names.get(int(annotation["category_id"]))
+                if name is None:
+                    raise InvalidInputError(f"unknown category id {annotation['category_id']}")
+                if not info:
+                    raise InvalidInputError(f"image {image_id} is not in the json's images")
+                if int(annotation.get("iscrowd", 0)):
+                    raise InvalidInputError("a crowd region is not one object")
+                if cached is None or cached[0] != image_id:
+                    cached = (image_id, load_image(image_path(info, images_dir)))
+                pixels = cached[1]
+                if has_segmentation(annotation):
+                    mask = annotation_to_mask(annotation, *pixels.shape[:2])
+                    segmenter.add_reference(pixels, name, mask=mask, source=source)
+                elif "bbox" in annotation:
+                    x, y, w, h = (float(v) for v in annotation["bbox"])
+                    segmenter.add_reference(pixels, name, box=(x, y, x + w, y + h), source=source)
+                else:
+                    raise InvalidInputError("the annotation has neither a segmentation nor a bbox")
+                report.added += 1
+            except RefsegError as error:
+                report.skipped.append({"source": source, "reason": str(error)})
+                logger.warning("Reference %s skipped: %s", source, error)
+            bar.update(1)
+    finally:
+        bar.close()
+    bank = segmenter.memory
+    for category_id, name in names.items():
+        if name in bank.class_names:
+            bank.set_category_id(name, category_id)
+    return report
+
+
+MASK_SUFFIXES = (".mask", "_mask")
+
+
+def folder_references(folder: str | os.PathLike) -> tuple[list[tuple[str, Path, Path]], list[dict[str, Any]]]:
+    """The (class name, image, mask) triples of a reference folder, and the images without a mask.
+
+    Layout: one sub-folder per class, named after the class; in it, each reference image
+    ``x.jpg`` (any image format) sits beside its mask ``x.mask.png`` or ``x_mask.png``.
+
+    Raises:
+        InvalidInputError: the folder does not exist or has no class sub-folder with images.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise InvalidInputError(f"Reference folder not found: {root}")
+    triples: list[tuple[str, Path, Path]] = []
+    missing: list[dict[str, Any]] = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = list_images(class_dir)
+        by_name = {f.name: f for f in files}
+        for image in files:
+            if image.stem.endswith(MASK_SUFFIXES):
+                continue
+            masks = [
+                by_name[image.stem + suffix + extension]
+                for suffix in MASK_SUFFIXES
+                for extension in (".png", image.suffix)
+                if image.stem + suffix + extension in by_name
+            ]
+            if masks:
+                triples.append((class_dir.name, image, masks[0]))
+            else:
+                missing.append(
+                    {
+                        "source": {"file": str(image)},
+                        "reason": f"no mask {image.stem}.mask.png or {image.stem}_mask.png",
+                    }
+                )
+    if not triples:
+        raise InvalidInputError(
+            f"No references in {root}: expected one sub-folder per class holding image + mask pairs "
+            "(x.jpg with x.mask.png or x_mask.png)."
+        )
+    return triples, missing
+
+
+def add_folder_references(
+    segmenter: SupportsAddReference, folder: str | os.PathLike, *, progress: bool = True
+) -> MemoryBuildReport:
+    """Add the references of a class-per-sub-folder layout (:func:`folder_references`).
+
+    A mask is any image whose non-zero pixels (after conversion to grey; 0/1 or 0/255) mark the
+    object. Class category ids are 1..K in sorted class-name order. Unusable pairs are skipped
+    and reported.
+    """
+    triples, missing = folder_references(folder)
+    report = MemoryBuildReport(skipped=list(missing))
+    bar = progress_bar(len(triples), 0, enabled=progress, desc="memory", unit="ref")
+    try:
+        for class_name, image, mask_file in triples:
+            source = {"file": str(image), "mask_file": str(mask_file)}
+            try:
+                pixels = load_image(image)
+                mask = read_mask(mask_file)
+                segmenter.add_reference(pixels, class_name, mask=mask, source=source)
+                report.added += 1
+            except RefsegError as error:
+                report.skipped.append({"source": source, "reason": str(error)})
+                logger.warning("Reference %s skipped: %s", image, error)
+            bar.update(1)
+    finally:
+        bar.close()
+    bank = segmenter.memory
+    for index, name in enumerate(sorted({c for c, _, _ in triples})):
+        if name in bank.class_names:
+            bank.set_category_id(name, index + 1)
+    return report
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A mask image as (H, W): bool for palette images (index > 0), else uint8 grey.
+
+    A uint8 mask counts as 0/1 when its maximum is 1, else as 0/255 (threshold 127), as
+    :func:`refseg.memory.decode_mask` reads it.
+
+    Raises:
+        InvalidInputError: the file cannot be read as an image.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened) or opened
+            if image.mode == "P":
+                return np.asarray(image) > 0
+            return np.asarray(image.convert("L"))
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise InvalidInputError(f"Cannot read mask {path}: {error}") from error
