@@ -101,7 +101,10 @@ def _status_bytes(field_name: str) -> int | None:
 
 
 def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark (VmHWM) of this process; False where not possible."""
+    """Reset the kernel's peak-RSS mark (VmHWM, and with it ru_maxrss) of this process.
+
+    Returns False where that is not possible (not Linux).
+    """
     try:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")
@@ -110,15 +113,31 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def peak_rss_since_reset() -> int | None:
-    """VmHWM in bytes: the peak since :func:`reset_peak_rss` (or since start)."""
-    return _status_bytes("VmHWM")
-
-
 def lifetime_peak_rss() -> int:
     """ru_maxrss of this process in bytes (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+class PeakRss:
+    """Peak RSS per interval, and over the whole process across the resets.
+
+    :meth:`mark` returns the peak since the previous mark and starts a new interval. Where
+    the peak cannot be reset, every interval reports the process's peak so far.
+    """
+
+    def __init__(self) -> None:
+        self.resettable = reset_peak_rss()
+        self.overall = 0
+
+    def mark(self) -> int:
+        peak = _status_bytes("VmHWM") if self.resettable else None
+        if peak is None:
+            peak = lifetime_peak_rss()
+        self.overall = max(self.overall, peak)
+        if self.resettable:
+            reset_peak_rss()
+        return peak
 
 
 # ---------------------------------------------------------------------------- stage timing
@@ -132,30 +151,44 @@ def cpu_seconds() -> float:
 
 @dataclass
 class StageClock:
-    """Accumulates the wall and CPU time of wrapped calls.
+    """Accumulates the wall time, CPU time and peak RSS of wrapped calls.
 
     ``current`` maps a stage name to wall seconds, ``current_cpu`` to process CPU seconds
-    (user + system, all threads: on a shared machine it is steadier than wall time).
+    (user + system, all threads: on a shared machine it is steadier than wall time),
+    ``current_rss`` to the peak RSS in bytes during the stage; ``outputs`` keeps what
+    ``keep`` extracts from each stage's last return value (cleared by :meth:`reset`, so it
+    never adds to the next prediction's memory).
     """
 
     synchronize: Callable[[], None] | None = None
+    rss: PeakRss | None = None
     current: dict[str, float] = field(default_factory=dict)
     current_cpu: dict[str, float] = field(default_factory=dict)
+    current_rss: dict[str, int] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
 
     def reset(self) -> None:
-        self.current, self.current_cpu = {}, {}
+        self.current, self.current_cpu, self.current_rss, self.outputs = {}, {}, {}, {}
 
-    def wrap(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(
+        self, name: str, function: Callable[..., Any], keep: Callable[[Any], Any] | None = None
+    ) -> Callable[..., Any]:
         @functools.wraps(function)
         def timed(*args: Any, **kwargs: Any) -> Any:
             if self.synchronize is not None:
                 self.synchronize()
+            if self.rss is not None:
+                self.rss.mark()  # closes the interval before this stage
             start, start_cpu = time.perf_counter(), cpu_seconds()
             result = function(*args, **kwargs)
             if self.synchronize is not None:
                 self.synchronize()
             self.current[name] = self.current.get(name, 0.0) + time.perf_counter() - start
             self.current_cpu[name] = self.current_cpu.get(name, 0.0) + cpu_seconds() - start_cpu
+            if self.rss is not None:
+                self.current_rss[name] = max(self.current_rss.get(name, 0), self.rss.mark())
+            if keep is not None:
+                self.outputs[name] = keep(result)
             return result
 
         return timed
@@ -212,9 +245,9 @@ def run_configuration(spec: RunSpec) -> dict[str, Any]:
         A JSON-serialisable dict: the spec, load time, per-stage wall seconds of the
         fastest repeat (``stages``: embed, decode, encode, match, other, total) and its CPU
         seconds (``cpu_stages``), every repeat's totals (``totals``, ``cpu_totals``),
-        proposal and instance counts, peak RSS (whole process, model loading, prediction
-        alone), CPU user/system seconds of all predictions, threads. The predictions of the
-        last repeat are written to ``spec.outputs``.
+        proposal and instance counts, peak RSS (whole process, model loading, each stage),
+        CPU user/system seconds of all predictions, threads. The predictions of the last
+        repeat, with intermediate tensors, are written to ``spec.outputs``.
     """
     import torch
 
@@ -229,7 +262,7 @@ def run_configuration(spec: RunSpec) -> dict[str, Any]:
         torch.set_num_threads(spec.threads)
     cuda = spec.device.startswith("cuda")
 
-    can_reset = reset_peak_rss()
+    rss = PeakRss()
     start = time.perf_counter()
     proposer = load_proposer(spec.sam2_dir, device=spec.device, dtype=spec.dtype, decoder=code_path.decoder)
     preset = get_preset(spec.preset)
@@ -238,7 +271,7 @@ def run_configuration(spec: RunSpec) -> dict[str, Any]:
     )
     memory = MemoryBank.load(spec.memory)
     load_seconds = time.perf_counter() - start
-    peak_load = peak_rss_since_reset()
+    peak_load = rss.mark()
 
     settings = preset.replace(
         points_per_side=spec.grid,
@@ -246,26 +279,17 @@ def run_configuration(spec: RunSpec) -> dict[str, Any]:
         dtype=spec.dtype,
     )
     segmenter = Segmenter(proposer, encoder, memory=memory, preset=settings)
-    clock = StageClock(synchronize=torch.cuda.synchronize if cuda else None)
-    captured: dict[str, Any] = {}
-
-    def keep_proposals(decode: Callable[..., Any]) -> Callable[..., Any]:
-        def decode_and_keep(*args: Any, **kwargs: Any) -> Any:
-            captured["proposals"] = decode(*args, **kwargs)
-            return captured["proposals"]
-
-        return decode_and_keep
-
-    proposer.embed = clock.wrap("embed", proposer.embed)
-    proposer.decode = keep_proposals(clock.wrap("decode", proposer.decode))
-    encoder.encode = clock.wrap("encode", encoder.encode)
+    clock = StageClock(synchronize=torch.cuda.synchronize if cuda else None, rss=rss)
+    proposer.embed = clock.wrap("embed", proposer.embed, keep=lambda e: e.image_embeddings[0].float().cpu())
+    proposer.decode = clock.wrap("decode", proposer.decode, keep=lambda proposals: proposals)
+    encoder.encode = clock.wrap("encode", encoder.encode, keep=lambda features: features[0].float().cpu())
     postprocess = clock.wrap("match", functools.partial(matching.postprocess, pool=code_path.pool))
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    reset_peak_rss()
     usage_start = resource.getrusage(resource.RUSAGE_SELF)
     repeats: list[dict[str, dict[str, float]]] = []
+    stage_peaks: dict[str, int] = {}
     instances = None
     with mock.patch.object(matching, "postprocess", postprocess):
         for _ in range(max(1, spec.repeats)):
@@ -282,19 +306,12 @@ def run_configuration(spec: RunSpec) -> dict[str, Any]:
             cpu["other"] = total_cpu - sum(cpu.values())
             cpu["total"] = total_cpu
             repeats.append({"wall": stages, "cpu": cpu})
+            for name, peak in clock.current_rss.items():
+                stage_peaks[name] = max(stage_peaks.get(name, 0), peak)
             logger.info("%s: %.2f s (CPU %.2f s)", spec.label, total, total_cpu)
-    peak_predict = peak_rss_since_reset()
+    stage_peaks["other"] = rss.mark()
     usage_end = resource.getrusage(resource.RUSAGE_SELF)
-
-    proposals = captured.get("proposals")
-    predicted_iou = proposals.predicted_iou.float().cpu().numpy() if proposals is not None else np.zeros(0)
-    Outputs(
-        masks=instances.masks,
-        scores=instances.scores,
-        labels=instances.labels,
-        boxes=instances.boxes,
-        predicted_iou=predicted_iou,
-    ).save(spec.outputs)
+    _save_outputs(spec.outputs, instances, clock.outputs)
 
     best = min(repeats, key=lambda stages: stages["wall"]["total"])
     result: dict[str, Any] = {
@@ -310,11 +327,11 @@ def run_configuration(spec: RunSpec) -> dict[str, Any]:
         "cpu_stages": best["cpu"],
         "totals": [stages["wall"]["total"] for stages in repeats],
         "cpu_totals": [stages["cpu"]["total"] for stages in repeats],
-        "proposals": len(predicted_iou),
+        "proposals": len(clock.outputs["decode"]) if "decode" in clock.outputs else 0,
         "instances": len(instances),
-        "peak_rss_bytes": lifetime_peak_rss(),
-        "peak_rss_load_bytes": peak_load if can_reset else None,
-        "peak_rss_predict_bytes": peak_predict if can_reset else None,
+        "peak_rss_bytes": max(rss.overall, lifetime_peak_rss()),
+        "peak_rss_load_bytes": peak_load,
+        "peak_rss_stage_bytes": stage_peaks if rss.resettable else None,
         "cpu_user_s": usage_end.ru_utime - usage_start.ru_utime,
         "cpu_system_s": usage_end.ru_stime - usage_start.ru_stime,
         "threads": torch.get_num_threads(),
@@ -325,3 +342,33 @@ def run_configuration(spec: RunSpec) -> dict[str, Any]:
         result["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated())
         result["cuda_device"] = torch.cuda.get_device_name()
     return result
+
+
+def _save_outputs(path: str, instances: Any, stage_outputs: dict[str, Any], samples: int = 16) -> None:
+    """Write the instances and what the stages kept (see :class:`Outputs`).
+
+    ``stage_outputs``: "decode" -> Proposals, "embed" -> (C, h, w) SAM2 image embedding,
+    "encode" -> (C, g, g) DINOv2 features.
+    """
+    import torch
+
+    proposals = stage_outputs.get("decode")
+    embedding = stage_outputs.get("embed")
+    features = stage_outputs.get("encode")
+    empty = Outputs(instances.masks, instances.scores, instances.labels, instances.boxes, np.zeros(0))
+    fields: dict[str, Any] = {}
+    if proposals is not None and len(proposals):
+        logits = proposals.low_res_logits.float().cpu()
+        sample = torch.linspace(0, len(proposals) - 1, min(samples, len(proposals))).round().long().unique()
+        fields.update(
+            predicted_iou=proposals.predicted_iou.float().cpu().numpy(),
+            points=proposals.points.float().cpu().numpy(),
+            proposal_masks=(logits > 0).numpy(),
+            logits_sample=logits[sample].numpy(),
+            sample_points=proposals.points[sample].float().cpu().numpy(),
+        )
+    if embedding is not None:
+        fields["image_embedding"] = embedding.numpy()
+    if features is not None:
+        fields["features"] = features.numpy()
+    Outputs(**{**vars(empty), **fields}).save(path)

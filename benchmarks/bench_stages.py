@@ -53,7 +53,7 @@ try:  # an installed refseg first, else the checkout's
 except ImportError:
     sys.path.insert(0, str(ROOT / "src"))
 
-from bench_compare import Outputs, compare_outputs, match_fraction  # noqa: E402
+from bench_compare import Outputs, compare_outputs, match_fraction, numeric_fidelity  # noqa: E402
 from bench_run import RunSpec  # noqa: E402
 
 logger = logging.getLogger("bench_stages")
@@ -308,8 +308,16 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for dtype in dict.fromkeys(args.dtype):
             a, b = (preset, dtype, "optimised"), (preset, dtype, "straightforward")
             if a in outputs and b in outputs:
-                comparison = compare_outputs(Outputs.load(outputs[a]), Outputs.load(outputs[b]))
-                report["comparisons"].append({"preset": preset, "dtype": dtype, **vars(comparison)})
+                fast, slow = Outputs.load(outputs[a]), Outputs.load(outputs[b])
+                comparison = compare_outputs(fast, slow)
+                report["comparisons"].append(
+                    {
+                        "preset": preset,
+                        "dtype": dtype,
+                        **vars(comparison),
+                        "fidelity": numeric_fidelity(fast, slow),
+                    }
+                )
         reference, candidate = (preset, "float32", "optimised"), (preset, "bfloat16", "optimised")
         if reference in outputs and candidate in outputs:
             ref_out, cand_out = Outputs.load(outputs[reference]), Outputs.load(outputs[candidate])
@@ -319,6 +327,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     "match": match_fraction(ref_out, cand_out),
                     "float32_instances": len(ref_out),
                     "bfloat16_instances": len(cand_out),
+                    "fidelity": numeric_fidelity(ref_out, cand_out),
                 }
             )
 
@@ -519,20 +528,42 @@ def format_report(report: dict[str, Any]) -> str:
                 f"| {row['encode']:.2f}x | {row['match']:.2f}x | {row['total']:.2f}x | {row['cpu_total']:.2f}x "
                 f"| {row['peak_rss']:.2f}x |"
             )
+    peak_rows = [r for r in report["runs"] if "error" not in r and r.get("peak_rss_stage_bytes")]
+    if peak_rows:
+        lines += [
+            "",
+            "Peak RSS by stage, GiB (weights stay resident once touched):",
+            "",
+            "| preset | dtype | path | after loading | SAM2 image | SAM2 decode | DINOv2 | matching | whole run |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for run in peak_rows:
+            peaks = run["peak_rss_stage_bytes"]
+            cells = " | ".join(
+                f"{peaks.get(stage, 0) / GIB:.2f}" for stage in ("embed", "decode", "encode", "match")
+            )
+            preset, dtype, path = run["label"].split("/")
+            lines.append(
+                f"| {preset} | {dtype} | {path} | {run['peak_rss_load_bytes'] / GIB:.2f} | {cells} "
+                f"| {run['peak_rss_bytes'] / GIB:.2f} |"
+            )
     if report["comparisons"] or report["bfloat16"]:
         lines += ["", "Outputs:", ""]
     for c in report["comparisons"]:
         verdict = "IDENTICAL" if c["identical"] else f"DIFFERENT ({c['reason']})"
+        fidelity = c.get("fidelity", {})
         lines.append(
             f"- {c['preset']} {c['dtype']}: optimised vs straightforward: {verdict}; "
-            f"{c['count'][0]} instances, max score difference {c['max_score_diff']:.1e}, "
-            f"proposals {'equal' if c['proposals_equal'] else 'DIFFER'} "
-            f"(max predicted-IoU difference {c['max_predicted_iou_diff']:.1e})"
+            f"{c['count'][0]} instances, max score difference {c['max_score_diff']:.1e}; "
+            f"proposals {'equal in number' if c['proposals_equal'] else 'DIFFER in number'}, "
+            f"max predicted-IoU difference {c['max_predicted_iou_diff']:.1e}"
+            + _fidelity_text(fidelity, masks_only=True)
         )
     for b in report["bfloat16"]:
         lines.append(
             f"- {b['preset']} bfloat16 vs float32: {100 * b['match']:.1f}% of {b['float32_instances']} float32 "
             f"instances found (same class, mask IoU >= 0.95); bfloat16 gave {b['bfloat16_instances']}"
+            + _fidelity_text(b.get("fidelity", {}))
         )
     if report["matching"]:
         lines += [
@@ -583,6 +614,22 @@ def format_report(report: dict[str, Any]) -> str:
                 parts.append("outputs identical" if t["identical"] else "outputs NOT identical")
             lines.append(f"- {t['preset']} {t['dtype']}: " + "; ".join(parts))
     return "\n".join(lines)
+
+
+def _fidelity_text(fidelity: dict[str, float], masks_only: bool = False) -> str:
+    """Where two runs part, stage by stage (see bench_compare.numeric_fidelity)."""
+    if not fidelity or fidelity.get("proposal_mask_match") != fidelity.get("proposal_mask_match"):  # NaN
+        return ""
+    text = (
+        f"; low-res proposal masks with IoU >= 0.95: {100 * fidelity['proposal_mask_match']:.1f}%, "
+        f"logits relative error {fidelity['logits_rel_error']:.1e}"
+    )
+    if masks_only:
+        return text
+    return text + (
+        f" (mean |logit| {fidelity['logits_scale']:.1e}); SAM2 embedding relative error "
+        f"{fidelity['embedding_rel_error']:.1e}; DINOv2 feature cosine {fidelity['feature_cosine']:.4f}"
+    )
 
 
 def _met(met: bool, value: float, target: float) -> str:

@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -142,7 +143,7 @@ def app_screenshot(segmenter, reference_box: str, path: Path, banner: str | None
             page.locator("#add-reference").click()
             expect(page.locator("#memory-summary")).to_contain_text("1 reference(s)")
             page.locator("#targets input[type=file]").set_input_files(str(TARGET))
-            expect(page.locator("#targets")).to_contain_text(TARGET.name)
+            expect(page.locator("#targets")).to_contain_text(re.compile(rf"{TARGET.stem}\s*\{TARGET.suffix}"))
             page.locator("#run").click()
             expect(page.locator("#overlays img").first).to_be_visible()
             expect(page.locator("#result-files a")).to_have_count(2)

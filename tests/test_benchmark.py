@@ -18,7 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import bench_stages  # noqa: E402
-from bench_compare import Outputs, compare_outputs, mask_iou, match_fraction  # noqa: E402
+from bench_compare import Outputs, compare_outputs, mask_iou, match_fraction, numeric_fidelity  # noqa: E402
 from bench_matching import (  # noqa: E402
     memory_file_size,
     same_result,
@@ -63,19 +63,27 @@ def test_tiny_run_reports_every_stage_and_identical_paths(tiny_report) -> None:
         assert all(stages[name] > 0 for name in ("embed", "decode", "encode", "match"))
         assert stages["total"] == pytest.approx(sum(v for k, v in stages.items() if k != "total"))
         assert run["grid"] == GRID and run["preset_grid"] == 16
-        assert run["peak_rss_bytes"] > 0
         assert run["instances"] > 0
+        peaks = run["peak_rss_stage_bytes"]
+        assert set(peaks) == {"embed", "decode", "encode", "match", "other"}
+        assert 0 < max(peaks.values()) <= run["peak_rss_bytes"]
+        assert 0 < run["peak_rss_load_bytes"] <= run["peak_rss_bytes"]
     assert optimised["proposals"] == straightforward["proposals"] > 0
 
     [comparison] = report["comparisons"]
     assert comparison["identical"], comparison["reason"]
     assert comparison["proposals_equal"]
+    fidelity = comparison["fidelity"]
+    assert fidelity["proposal_mask_match"] == 1.0 and fidelity["proposals_paired"] == 1.0
+    assert fidelity["logits_rel_error"] < 1e-5 and fidelity["embedding_rel_error"] == 0.0
+    assert fidelity["feature_cosine"] == pytest.approx(1.0)
 
     text = bench_stages.format_report(report)
     assert "| fast | float32 | optimised | fast, 64, fast |" in text
     assert "| fast | float32 | straightforward | stock, 256, dense |" in text
     assert "optimised vs straightforward: IDENTICAL" in text
     assert "Straightforward / optimised" in text
+    assert "Peak RSS by stage" in text and "low-res proposal masks with IoU >= 0.95: 100.0%" in text
     assert "(4x4 -> 16x16)" in text
     assert report["targets"] == []  # a sub-grid is never judged against the targets
     assert (workdir / "fast-float32-optimised.npz").is_file()
@@ -137,6 +145,34 @@ def test_perturbed_outputs_are_reported_different(tiny_report) -> None:
     assert compare_outputs(reference, changed(predicted_iou=iou)).max_predicted_iou_diff == pytest.approx(
         0.25, abs=1e-6
     )
+
+
+def test_numeric_fidelity_pairs_proposals_by_prompt(tiny_report) -> None:
+    _, workdir = tiny_report
+    reference = Outputs.load(workdir / "fast-float32-optimised.npz")
+    n = len(reference.points)
+    assert reference.proposal_masks.shape == (n, 256, 256) and n == GRID * GRID
+    assert reference.logits_sample.shape[0] == len(reference.sample_points) > 0
+    assert reference.features.shape == (32, 37, 37) and reference.image_embedding.shape == (16, 64, 64)
+
+    # drop the first proposal and flip all pixels of the second: 1 of 16 unpaired, 1 of 15 off
+    masks = reference.proposal_masks[1:].copy()
+    masks[0] = ~masks[0]
+    candidate = dataclasses.replace(
+        reference,
+        points=reference.points[1:],
+        predicted_iou=reference.predicted_iou[1:],
+        proposal_masks=masks,
+        image_embedding=reference.image_embedding * 1.01,
+        features=-reference.features,
+    )
+    fidelity = numeric_fidelity(reference, candidate)
+    assert fidelity["proposals_paired"] == pytest.approx((n - 1) / n)
+    assert fidelity["proposal_mask_match"] == pytest.approx((n - 2) / (n - 1))
+    assert fidelity["embedding_rel_error"] == pytest.approx(0.01, rel=1e-4)
+    assert fidelity["feature_cosine"] == pytest.approx(-1.0)
+    assert fidelity["logits_rel_error"] == 0.0  # samples are paired by prompt point
+    assert fidelity["predicted_iou_max_diff"] == 0.0
 
 
 def _outputs(masks: np.ndarray, labels: list[int]) -> Outputs:
