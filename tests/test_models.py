@@ -306,3 +306,40 @@ def test_encoder_bfloat16(tiny_models):
     features = half.encode(images)
     assert features.dtype == torch.float32
     torch.testing.assert_close(features, encoder.encode(images), rtol=0.1, atol=0.1)
+
+
+class _FakeMallopt:
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, param: int, value: int) -> int:
+        self.calls.append((param, value))
+        return 1
+
+
+def test_retain_freed_memory_raises_glibc_thresholds_once(monkeypatch):
+    mallopt = _FakeMallopt()
+    libc = type("Glibc", (), {"gnu_get_libc_version": staticmethod(lambda: b"2.36"), "mallopt": mallopt})()
+    monkeypatch.setattr(fast_decoder.sys, "platform", "linux")
+    monkeypatch.setattr(fast_decoder.ctypes, "CDLL", lambda name: libc)
+    monkeypatch.setattr(fast_decoder, "_malloc_tuned", None)
+    assert fast_decoder.retain_freed_memory() is True
+    assert fast_decoder.retain_freed_memory() is True
+    assert mallopt.calls == [
+        (-3, fast_decoder.MALLOC_MMAP_THRESHOLD_BYTES),
+        (-1, fast_decoder.MALLOC_TRIM_THRESHOLD_BYTES),
+    ]
+    assert max(value for _, value in mallopt.calls) < 2**31  # mallopt takes a C int
+
+
+def test_retain_freed_memory_leaves_other_libcs_and_opt_out_alone(monkeypatch):
+    mallopt = _FakeMallopt()
+    musl = type("Musl", (), {"mallopt": mallopt})()
+    monkeypatch.setattr(fast_decoder.sys, "platform", "linux")
+    monkeypatch.setattr(fast_decoder.ctypes, "CDLL", lambda name: musl)
+    monkeypatch.setattr(fast_decoder, "_malloc_tuned", None)
+    assert fast_decoder.retain_freed_memory() is False
+    monkeypatch.setattr(fast_decoder, "_malloc_tuned", None)
+    monkeypatch.setattr(fast_decoder, "RETAIN_FREED_MEMORY", False)
+    assert fast_decoder.retain_freed_memory() is False
+    assert mallopt.calls == []

@@ -14,18 +14,28 @@ embedding once per prompt and runs every 4096 x 256 image-token projection per p
    softmax), ``(P keys) Wv_h^T + bv`` for the values (rows of ``P`` sum to 1), and
    ``(k Wq_h) . (keys + pe) + k . bq`` for the image queries. The image -> tokens output
    projection is folded into the 8 values (``P (V Wo)`` instead of ``(P V) Wo``).
-3. **Best of three first**: the IoU head runs on the output tokens, the best of the three
-   masks and the IoU threshold are applied, and only the chosen mask of each surviving
+3. **Best of three first**: the final token -> image attention runs only for the tokens
+   used (IoU and the three multimask tokens), the IoU head runs on them, the best of the
+   three masks and the IoU threshold are applied, and only the chosen mask of each surviving
    prompt is upscaled. The two 2x2 transposed convolutions are matrix products on
    channels-last features whose pixel order is undone only on the final one-channel mask.
 4. **Small chunks**: prompts go through in chunks of at most :data:`PROMPT_CHUNK`, so the
    per-chunk temporaries stay small instead of multi-GiB.
+5. **No page faults**: every chunk allocates and frees tens-of-MiB temporaries. glibc hands
+   blocks that large straight back to the kernel, so each new one is page-faulted and zeroed
+   again, which cost more than the arithmetic (a LayerNorm over 16 x 4096 x 256 took 40 ms
+   instead of 8 ms). On CPU with glibc, :func:`retain_freed_memory` raises the malloc mmap and
+   trim thresholds once per process so freed blocks are reused (:data:`RETAIN_FREED_MEMORY`
+   turns this off).
 
 Outputs equal the stock path to float32 rounding (the tests compare both on the tiny model).
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -36,10 +46,56 @@ from transformers.models.sam2.modeling_sam2 import Sam2Attention
 from .base import Proposals
 from .sam2 import Sam2ImageEmbedding, empty_proposals
 
+logger = logging.getLogger(__name__)
+
 # Prompts per transformer chunk (at most the caller's batch_size), and prompts upscaled
 # together. Chosen on CPU timings of the full-size decoder.
 PROMPT_CHUNK = 16
 UPSCALE_CHUNK = 8
+
+# Process-wide glibc malloc tuning applied by the first CPU decode (see retain_freed_memory).
+RETAIN_FREED_MEMORY = True
+MALLOC_MMAP_THRESHOLD_BYTES = 1 << 30  # blocks below this come from the heap, not fresh mmaps
+MALLOC_TRIM_THRESHOLD_BYTES = (1 << 31) - 1  # free heap memory kept before returning it to the kernel
+_M_TRIM_THRESHOLD = -1  # glibc mallopt parameter numbers (malloc.h)
+_M_MMAP_THRESHOLD = -3
+_malloc_tuned: bool | None = None  # None: not tried yet; then whether glibc accepted it
+
+
+def retain_freed_memory() -> bool:
+    """Let glibc keep and reuse freed large blocks instead of unmapping them (once per process).
+
+    Without this, every temporary above glibc's mmap threshold (at most 32 MiB) is a fresh
+    ``mmap`` whose pages are faulted in and zeroed by the kernel on first touch; the decoder's
+    per-chunk temporaries are 16-64 MiB, so that zeroing cost several times the arithmetic.
+    This raises the thresholds with ``mallopt``; it affects the whole process (its resident
+    memory stays near its peak after large temporaries are freed). A no-op when
+    :data:`RETAIN_FREED_MEMORY` is false or the C library is not glibc.
+
+    Returns:
+        Whether glibc accepted the settings (now or on an earlier call).
+    """
+    global _malloc_tuned
+    if _malloc_tuned is not None:
+        return _malloc_tuned
+    if not RETAIN_FREED_MEMORY or not sys.platform.startswith("linux"):
+        return False
+    _malloc_tuned = False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl's mallopt does nothing)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        logger.debug("not glibc: freed memory is left to the C library's defaults")
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    _malloc_tuned = (
+        mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES) == 1
+        and mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES) == 1
+    )
+    logger.debug("glibc malloc thresholds raised for the SAM2 decoder: %s", _malloc_tuned)
+    return _malloc_tuned
 
 
 @dataclass
@@ -197,9 +253,12 @@ def _image_to_tokens_probs(
 
 
 def _image_to_tokens_update(
-    attention: Sam2Attention, probs: torch.Tensor, tokens: torch.Tensor, keys: torch.Tensor
+    attention: Sam2Attention, probs: torch.Tensor, tokens: torch.Tensor, keys: torch.Tensor, in_place: bool
 ) -> torch.Tensor:
-    """``keys + o_proj(P V)`` with the output projection folded into the T values. (n, HW, C)."""
+    """``keys + o_proj(P V)`` with the output projection folded into the T values. (n, HW, C).
+
+    ``in_place``: accumulate into ``keys`` (n, HW, C) itself, which must then be the caller's own
+    per-prompt tensor, not a broadcast view."""
     n, tokens_count, _ = tokens.shape
     heads = attention.num_attention_heads
     v = _split_heads(attention.v_proj(tokens), heads)  # (n, heads, T, d)
@@ -208,20 +267,24 @@ def _image_to_tokens_update(
     )  # (heads, d, C)
     # Each head's weights sum to 1 over its tokens, so bias / heads per value row adds the bias once.
     v_out = torch.matmul(v, o_weight) + attention.o_proj.bias / heads  # (n, heads, T, C)
-    v_out = v_out.reshape(n, heads * tokens_count, -1)
-    return torch.baddbmm(keys, probs.transpose(1, 2), v_out.to(probs.dtype))
+    v_out = v_out.reshape(n, heads * tokens_count, -1).to(probs.dtype)
+    if in_place:
+        return keys.baddbmm_(probs.transpose(1, 2).to(keys.dtype), v_out.to(keys.dtype))
+    return torch.baddbmm(keys, probs.transpose(1, 2), v_out)
 
 
 def _run_transformer(
-    model: Sam2Model, context: _ImageContext, sparse: torch.Tensor
+    model: Sam2Model, context: _ImageContext, sparse: torch.Tensor, outputs: list[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two-way transformer for n prompts.
 
     Args:
         sparse: (n, S, C) sparse prompt embeddings.
+        outputs: which of the 6 + S tokens (object score, IoU, 4 mask tokens, prompt) to
+            return; only those go through the final token -> image attention.
 
     Returns:
-        queries: (n, 6 + S, C) output tokens (object score, IoU, 4 mask tokens, prompt).
+        queries: (n, len(outputs), C) those output tokens.
         keys: (n, HW, C) updated image tokens.
     """
     decoder = model.mask_decoder
@@ -232,6 +295,11 @@ def _run_transformer(
     point_pe = torch.cat([output_tokens.expand(n, -1, -1), sparse], dim=1).to(decoder.iou_token.weight.dtype)
     queries = point_pe
     keys = context.keys
+    # Under autocast the per-prompt image tokens are kept in the autocast dtype: each matrix
+    # product would cast them anyway, so they are cast once per block instead of per product.
+    device_type = keys.device.type
+    low_precision = torch.is_autocast_enabled(device_type)
+    key_pe = context.key_pe.to(torch.get_autocast_dtype(device_type)) if low_precision else context.key_pe
     for index, layer in enumerate(decoder.transformer.layers):
         # Self-attention of the tokens (small): the module itself, on 1 x n x T x C.
         if layer.skip_first_layer_pe:
@@ -248,17 +316,24 @@ def _run_transformer(
             keys_with_pe = None
             attn_out = _tokens_to_shared_image(cross, queries + point_pe, context.first_k, context.first_v)
         else:
-            keys_with_pe = keys + context.key_pe
+            keys_with_pe = keys + key_pe
             attn_out = _tokens_to_image(cross, queries + point_pe, keys, keys_with_pe)
         queries = layer.layer_norm2(queries + attn_out)
         queries = layer.layer_norm3(queries + layer.mlp(queries))
 
         image_q = context.first_image_q if index == 0 else None
         probs = _image_to_tokens_probs(back, queries + point_pe, keys_with_pe, image_q)
-        keys = layer.layer_norm4(_image_to_tokens_update(back, probs, queries, keys.expand(n, -1, -1)))
+        # Block 0's keys are the shared image tokens (broadcast, copied by the update); later
+        # blocks own theirs (a LayerNorm output), so the update accumulates into them.
+        updated = _image_to_tokens_update(back, probs, queries, keys.expand(n, -1, -1), in_place=index > 0)
+        keys = layer.layer_norm4(updated)
+        if low_precision:
+            keys = keys.to(key_pe.dtype)
 
+    # The final attention is per query token: run it on the wanted tokens only.
+    queries, point_pe = queries[:, outputs], point_pe[:, outputs]
     final = decoder.transformer.final_attn_token_to_image
-    attn_out = _tokens_to_image(final, queries + point_pe, keys, keys + context.key_pe)
+    attn_out = _tokens_to_image(final, queries + point_pe, keys, keys + key_pe)
     queries = decoder.transformer.layer_norm_final_attn(queries + attn_out)
     return queries, keys
 
@@ -282,10 +357,11 @@ def _upscale_masks(
     # conv1 (+ bias + s1): rows (Y, X), columns (i, j, c); LayerNorm is per pixel, so order is free.
     x = torch.baddbmm(context.feat_s1.to(dtype), keys, context.conv1_weight.to(dtype).expand(k, -1, -1))
     x = x.view(k, 4 * height * width, -1)
-    x = F.gelu(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
+    # Both GELUs are in place on fresh tensors (exact erf GELU, as nn.GELU()).
+    x = torch.ops.aten.gelu_(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
     # conv2 (+ bias + s0): rows (Y, X, i, j), columns (i', j', c).
     x = torch.baddbmm(context.feat_s0.to(x.dtype), x, context.conv2_weight.to(x.dtype).expand(k, -1, -1))
-    x = F.gelu(x).view(k, 16 * height * width, -1)
+    x = torch.ops.aten.gelu_(x).view(k, 16 * height * width, -1)
     masks = torch.bmm(x, hyper.to(x.dtype).unsqueeze(-1))  # pixel order (Y, X, i, j, i', j')
     masks = masks.view(k, height, width, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
     return masks.reshape(k, 4 * height, 4 * width)
@@ -315,8 +391,13 @@ def decode_points_fast(
     """
     decoder = model.mask_decoder
     device = embedding.image_embeddings.device
+    if device.type == "cpu":
+        retain_freed_memory()
     context = _prepare_image(model, embedding)
     first_mask = 1  # the multimask outputs are mask tokens 1..3 (token 0 is the single mask)
+    # Output tokens used: the IoU token (1) and the multimask tokens (2 + 1 .. 2 + 3).
+    outputs = [1, *range(2 + first_mask, 2 + decoder.num_mask_tokens)]
+    hypernetworks = decoder.output_hypernetworks_mlps[first_mask:]
     chunk_size = max(1, min(batch_size, PROMPT_CHUNK))
     logits_parts, iou_parts, point_parts = [], [], []
     for start in range(0, points.shape[0], chunk_size):
@@ -328,22 +409,24 @@ def decode_points_fast(
             input_boxes=None,
             input_masks=None,
         )
-        queries, keys = _run_transformer(model, context, sparse[0])
+        queries, keys = _run_transformer(model, context, sparse[0], outputs)
 
-        iou = decoder.iou_prediction_head(queries[:, 1])[:, first_mask:]  # (n, 3)
+        iou = decoder.iou_prediction_head(queries[:, 0])[:, first_mask:]  # (n, 3)
         best_iou, best_index = iou.max(dim=1)
         kept = (best_iou > iou_threshold).nonzero().squeeze(1)
         if kept.numel() == 0:
             continue
         point_parts.append(chunk[kept].float().cpu())
         iou_parts.append(best_iou[kept].float().cpu())
-        mask_tokens = queries[kept, 2 : 2 + decoder.num_mask_tokens]  # (k, 4, C)
-        chosen = best_index[kept] + first_mask
-        hyper = torch.stack(
-            [mlp(mask_tokens[:, i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
-        )[torch.arange(kept.numel(), device=device), chosen]  # (k, C/8)
+        mask_tokens = queries[kept, 1:]  # (k, 3, C)
+        chosen = best_index[kept]
+        hyper = torch.stack([mlp(mask_tokens[:, i]) for i, mlp in enumerate(hypernetworks)], dim=1)[
+            torch.arange(kept.numel(), device=device), chosen
+        ]  # (k, C/8)
+        all_kept = kept.numel() == n
         for part in range(0, kept.numel(), UPSCALE_CHUNK):
-            rows = kept[part : part + UPSCALE_CHUNK]
+            # When every prompt survives, a slice (a view) instead of a gathered copy.
+            rows = slice(part, part + UPSCALE_CHUNK) if all_kept else kept[part : part + UPSCALE_CHUNK]
             masks = _upscale_masks(model, context, keys[rows], hyper[part : part + UPSCALE_CHUNK])
             logits_parts.append(masks.float().cpu())
     if not logits_parts:
