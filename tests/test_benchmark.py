@@ -17,6 +17,7 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import bench_report  # noqa: E402
 import bench_stages  # noqa: E402
 from bench_compare import Outputs, compare_outputs, mask_iou, match_fraction, numeric_fidelity  # noqa: E402
 from bench_matching import (  # noqa: E402
@@ -34,11 +35,12 @@ GRID = 4
 
 @pytest.fixture(scope="module")
 def tiny_report(tiny_sam2_dir: Path, tiny_dinov2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The benchmark run in-process on the tiny models: fast preset, float32, both paths."""
+    """The benchmark run in-process on the tiny models: fast preset; asking for bfloat16 runs
+    float32 on both paths as well."""
     workdir = tmp_path_factory.mktemp("bench")
     argv = [
         "--presets", "fast", "--sam2", str(tiny_sam2_dir), "--encoder", str(tiny_dinov2_dir),
-        "--grid", str(GRID), "--repeats", "1", "--skip-matching", "--in-process",
+        "--grid", str(GRID), "--repeats", "1", "--dtype", "bfloat16", "--skip-matching", "--in-process",
         "--workdir", str(workdir),
     ]  # fmt: skip
     args = bench_stages.parse_args(argv)
@@ -49,7 +51,7 @@ def tiny_report(tiny_sam2_dir: Path, tiny_dinov2_dir: Path, tmp_path_factory: py
 def test_tiny_run_reports_every_stage_and_identical_paths(tiny_report) -> None:
     report, workdir = tiny_report
     runs = {run["label"]: run for run in report["runs"]}
-    assert set(runs) == {"fast/float32/optimised", "fast/float32/straightforward"}
+    assert set(runs) == {"fast/float32/optimised", "fast/float32/straightforward", "fast/bfloat16/optimised"}
     optimised, straightforward = runs["fast/float32/optimised"], runs["fast/float32/straightforward"]
     assert (optimised["decoder"], optimised["batch_size"], optimised["pool"]) == ("fast", 64, "fast")
     assert (straightforward["decoder"], straightforward["batch_size"], straightforward["pool"]) == (
@@ -78,13 +80,18 @@ def test_tiny_run_reports_every_stage_and_identical_paths(tiny_report) -> None:
     assert fidelity["logits_rel_error"] < 1e-5 and fidelity["embedding_rel_error"] == 0.0
     assert fidelity["feature_cosine"] == pytest.approx(1.0)
 
-    text = bench_stages.format_report(report)
+    text = bench_report.format_report(report)
     assert "| fast | float32 | optimised | fast, 64, fast |" in text
     assert "| fast | float32 | straightforward | stock, 256, dense |" in text
     assert "optimised vs straightforward: IDENTICAL" in text
     assert "Straightforward / optimised" in text
     assert "Peak RSS by stage" in text and "low-res proposal masks with IoU >= 0.95: 100.0%" in text
     assert "(4x4 -> 16x16)" in text
+    [bf16] = report["bfloat16"]
+    assert bf16["float32_instances"] == optimised["instances"]
+    assert 0.0 <= bf16["match"] <= 1.0
+    assert bf16["fidelity"]["proposals_paired"] > 0.5 and bf16["fidelity"]["feature_cosine"] > 0.99
+    assert "fast bfloat16 vs float32:" in text and "instances found (same class, mask IoU >= 0.95)" in text
     assert report["targets"] == []  # a sub-grid is never judged against the targets
     assert (workdir / "fast-float32-optimised.npz").is_file()
 
@@ -92,15 +99,15 @@ def test_tiny_run_reports_every_stage_and_identical_paths(tiny_report) -> None:
 def test_sub_grid_decode_is_scaled_to_the_full_grid(tiny_report) -> None:
     report, _ = tiny_report
     run = report["runs"][0]
-    scaled = bench_stages.scaled_stages(run)
+    scaled = bench_report.scaled_stages(run)
     factor = (16 / GRID) ** 2
     assert scaled["decode"] == pytest.approx(run["stages"]["decode"] * factor)
     assert scaled["total"] - scaled["decode"] == pytest.approx(
         run["stages"]["total"] - run["stages"]["decode"]
     )
     assert scaled["embed"] == run["stages"]["embed"]
-    [row] = bench_stages.ratios(report)
-    slow = bench_stages.scaled_stages(report["runs"][1])
+    [row] = bench_report.ratios(report)
+    slow = bench_report.scaled_stages(report["runs"][1])
     assert row["decode"] == pytest.approx(slow["decode"] / scaled["decode"])
 
 
@@ -219,7 +226,7 @@ def test_targets_are_judged_on_full_grid_optimised_runs() -> None:
             "preset_grid": 32,
         }
 
-    gib = bench_stages.GIB
+    gib = bench_report.GIB
     report = {
         "runs": [
             run("paper/float32/optimised", 45.0, 2 * gib),
@@ -229,15 +236,15 @@ def test_targets_are_judged_on_full_grid_optimised_runs() -> None:
         "bfloat16": [{"preset": "paper", "match": 0.98}],
         "comparisons": [{"preset": "paper", "dtype": "float32", "identical": True}],
     }
-    targets = {(t["preset"], t["dtype"]): t for t in bench_stages.check_targets(report)}
+    targets = {(t["preset"], t["dtype"]): t for t in bench_report.check_targets(report)}
     assert set(targets) == {("paper", "float32"), ("paper", "bfloat16")}
     f32, bf16 = targets[("paper", "float32")], targets[("paper", "bfloat16")]
     assert not f32["time_met"] and f32["rss_met"] and f32["identical"]
     assert bf16["time_met"] and not bf16["match_met"]
-    assert bench_stages._met(False, 45.0, 30.0) == "MISSED by 50%"
+    assert bench_report._met(False, 45.0, 30.0) == "MISSED by 50%"
 
     report["runs"][0]["grid"] = 8
-    assert ("paper", "float32") not in {(t["preset"], t["dtype"]) for t in bench_stages.check_targets(report)}
+    assert ("paper", "float32") not in {(t["preset"], t["dtype"]) for t in bench_report.check_targets(report)}
 
 
 def test_plan_adds_float32_reference_for_bfloat16() -> None:

@@ -172,7 +172,9 @@ def test_encoder_mismatch():
     a = EncoderIdentity("facebook/dinov2-small", "main", 518, 4, fingerprint="abc")
     MemoryBank(a).check_encoder(EncoderIdentity("/models/dinov2-small", "local", 518, 4, fingerprint="abc"))
     with pytest.raises(EncoderMismatchError):
-        MemoryBank(a).check_encoder(EncoderIdentity("facebook/dinov2-small", "main", 518, 4, fingerprint="xyz"))
+        MemoryBank(a).check_encoder(
+            EncoderIdentity("facebook/dinov2-small", "main", 518, 4, fingerprint="xyz")
+        )
 
 
 def test_decode_mask_formats_agree():

@@ -106,7 +106,10 @@ class Instances:
                     "category_id": category_id,
                     "bbox": [x1, y1, x2 - x1, y2 - y1],
                     "score": float(self.scores[i]),
-                    "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("utf-8")},
+                    "segmentation": {
+                        "size": [int(s) for s in rle["size"]],
+                        "counts": rle["counts"].decode("utf-8"),
+                    },
                 }
             )
         return results

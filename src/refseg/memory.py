@@ -156,7 +156,9 @@ def decode_mask(mask: MaskLike, image_hw: tuple[int, int]) -> np.ndarray:
             elif isinstance(rle.get("counts"), str):
                 rle = {"size": rle["size"], "counts": rle["counts"].encode("utf-8")}
             if list(rle["size"]) != [height, width]:
-                raise InvalidInputError(f"RLE size {rle['size']} does not match image size {[height, width]}.")
+                raise InvalidInputError(
+                    f"RLE size {rle['size']} does not match image size {[height, width]}."
+                )
         else:
             raise InvalidInputError(f"Unsupported mask type {type(mask).__name__}.")
         return mask_utils.decode(rle).astype(bool)
@@ -371,11 +373,15 @@ class MemoryBank:
         bank = cls(encoder)
         bank._classes = [c["name"] for c in classes]
         bank._category_ids = {c["name"]: int(c["category_id"]) for c in classes}
-        bank._records = [ReferenceRecord(int(r["ref_id"]), r["class"], r.get("source", {})) for r in references]
+        bank._records = [
+            ReferenceRecord(int(r["ref_id"]), r["class"], r.get("source", {})) for r in references
+        ]
         bank._features = list(features.float().unbind(0)) if len(references) else []
         bank._next_id = int(metadata.get("next_id", len(references)))
         if len(bank._features) != len(bank._records):
-            raise InvalidInputError(f"{path}: {len(bank._features)} features for {len(bank._records)} references.")
+            raise InvalidInputError(
+                f"{path}: {len(bank._features)} features for {len(bank._records)} references."
+            )
         return bank
 
     def describe(self) -> str:

@@ -39,5 +39,7 @@ def encoder_input(proposer_image: torch.Tensor, size: int) -> torch.Tensor:
     Returns:
         (1, 3, size, size) float32 in [0, 1].
     """
-    resized = F.interpolate(proposer_image, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    resized = F.interpolate(
+        proposer_image, size=(size, size), mode="bicubic", align_corners=False, antialias=True
+    )
     return resized.clamp_(0.0, 1.0)
