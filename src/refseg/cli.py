@@ -21,6 +21,7 @@ import click
 
 from . import __version__
 from .cli_viz import app_command, show_memory_command
+from .data.coco import write_json
 from .distributed import DistributedContext, distributed_context
 from .errors import InvalidInputError, RefsegError
 from .presets import PRESETS, Preset, get_preset
@@ -185,12 +186,6 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_json(data: Any, path: str | os.PathLike, *, indent: int | None = None) -> Path:
-    from .data.coco import write_json as write
-
-    return write(data, path, indent=indent)
 
 
 # ----------------------------------------------------------------------------- root

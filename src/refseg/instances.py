@@ -114,7 +114,7 @@ class Instances:
             )
         return results
 
-    def to_supervision(self):  # pragma: no cover - exercised in the interop tests when installed
+    def to_supervision(self):
         """A ``supervision.Detections`` (needs ``pip install "refseg[interop]"``)."""
         try:
             import supervision as sv
