@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dataclasses
 import pytest
 import torch
 from conftest import tiny_sam2_config
@@ -223,6 +224,50 @@ def test_fast_decoder_equals_stock_with_more_heads(tiny_image):
     got = fast.decode(embedding, points, batch_size=4, iou_threshold=-1.0)
     torch.testing.assert_close(got.predicted_iou, expected.predicted_iou, rtol=0, atol=IOU_ATOL)
     scale = float(expected.low_res_logits.abs().max())
+    torch.testing.assert_close(
+        got.low_res_logits, expected.low_res_logits, rtol=0, atol=1e-5 * max(scale, 1.0)
+    )
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_fast_decoder_equals_stock_with_trained_looking_norms(tiny_image, depth):
+    """Fresh models have LayerNorm weight 1 and bias 0, which would hide a wrong gamma or beta
+    in the conv1 chain (see fast_decoder._Conv1Chain): randomise every norm and bias, and
+    also try a three-block decoder (the chain is written for any depth)."""
+    parts = tiny_sam2_config().to_dict()
+    parts["mask_decoder_config"].update(num_hidden_layers=depth)
+    torch.manual_seed(11)
+    model = Sam2Model(
+        Sam2Config(**{k: parts[k] for k in ("vision_config", "prompt_encoder_config", "mask_decoder_config")})
+    )
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        # Every decoder parameter random and O(1) (the tiny init gives logits ~1e-5), norms
+        # around 1 with non-zero biases.
+        for name, parameter in model.mask_decoder.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            fan_in = parameter[0].numel() if parameter.dim() > 1 else 1
+            parameter.copy_(noise / fan_in**0.5 if parameter.dim() > 1 else 0.3 * noise)
+        for module in model.mask_decoder.modules():
+            if isinstance(module, torch.nn.LayerNorm) or module.__class__.__name__.endswith("LayerNorm"):
+                module.weight.add_(1.0)
+    stock = Sam2Proposer(model, device="cpu", decoder="stock")
+    fast = Sam2Proposer(model, device="cpu", decoder="fast")
+    embedding = stock.embed(tiny_image)
+    # O(1) image features with a per-pixel offset (non-zero channel means), as real ones have.
+    embedding = dataclasses.replace(
+        embedding,
+        image_embeddings=torch.randn(embedding.image_embeddings.shape, generator=generator)
+        + torch.randn((1, 1, *embedding.image_embeddings.shape[2:]), generator=generator),
+        feat_s1=torch.randn(embedding.feat_s1.shape, generator=generator),
+        feat_s0=torch.randn(embedding.feat_s0.shape, generator=generator),
+    )
+    points = grid_points(4)
+    expected = stock.decode(embedding, points, batch_size=8, iou_threshold=-1.0)
+    got = fast.decode(embedding, points, batch_size=8, iou_threshold=-1.0)
+    torch.testing.assert_close(got.predicted_iou, expected.predicted_iou, rtol=0, atol=IOU_ATOL)
+    scale = float(expected.low_res_logits.abs().max())
+    assert scale > 0.1
     torch.testing.assert_close(
         got.low_res_logits, expected.low_res_logits, rtol=0, atol=1e-5 * max(scale, 1.0)
     )

@@ -99,6 +99,57 @@ def retain_freed_memory() -> bool:
 
 
 @dataclass
+class _Conv1Chain:
+    """The first upscaling convolution pushed back through the image-side LayerNorms.
+
+    Block l of the two-way transformer updates the image tokens by a low-rank term and a
+    LayerNorm: ``U_l = keys_{l-1} + P_l^T V_l`` (``keys_{-1}`` = X, the shared image tokens;
+    ``P_l^T V_l`` has rank heads * T), then ``keys_l = r_l * (U_l - m_l) diag(g_l) + b_l`` with
+    per-row mean ``m_l`` and reciprocal standard deviation ``r_l``. For conv1's matrix W,
+    expanding the chain from the last block back gives
+
+        keys_{L-1} W = R_0 * [X A_0 + sum_l c_l * (P_l^T (V_l A_l) - m_l s_l)
+                              + sum_{l>=1} c_l * t_l] + b_{L-1} W
+
+    with ``A_{L-1} = diag(g_{L-1}) W``, ``A_{l-1} = diag(g_{l-1}) A_l``, ``s_l = 1^T A_l``,
+    ``t_l = b_{l-1} A_l``, ``R_l = r_l ... r_{L-1}`` and ``c_l = R_l / R_0``. ``X A_0`` is the
+    same for every prompt (block 0's mean term joins it: ``m_0`` is linear in X and ``P_0^T V_0``),
+    so per prompt conv1 costs products of total rank L * heads * T + 2(L - 1) (130 for SAM2) instead of a full C x 4C/4 (256 x 256) product: about half the
+    multiply-adds. Only used in float32: under autocast the mean subtraction would be
+    rounded to the low precision before it cancels.
+
+    Attributes:
+        image_product: (1, HW, 4 * C/4) ``X A_0``.
+        maps: ``A_l`` per block, (C, 4 * C/4).
+        row_sums: ``s_l`` per block, (4 * C/4,).
+        bias_terms: ``t_l`` for blocks 1..L-1, (4 * C/4,).
+        feat_s1: (1, HW, 4 * C/4) the context's ``feat_s1`` + ``b_{L-1} W``.
+    """
+
+    image_product: torch.Tensor
+    maps: list[torch.Tensor]
+    row_sums: list[torch.Tensor]
+    bias_terms: list[torch.Tensor]
+    feat_s1: torch.Tensor
+
+
+@dataclass
+class _ImageTrace:
+    """What :class:`_Conv1Chain` needs of each prompt's pass through the blocks (n prompts).
+
+    Attributes:
+        probs: per block, (n, heads * T, HW) image -> tokens attention weights ``P_l``.
+        values: per block, (n, heads * T, C) the values with the output projection folded in, ``V_l``.
+        means, rstds: per block, (n, HW, 1) the LayerNorm statistics ``m_l`` and ``r_l``.
+    """
+
+    probs: list[torch.Tensor]
+    values: list[torch.Tensor]
+    means: list[torch.Tensor]
+    rstds: list[torch.Tensor]
+
+
+@dataclass
 class _ImageContext:
     """Per-image tensors shared by every prompt (image tokens are row-major over H x W).
 
@@ -111,6 +162,8 @@ class _ImageContext:
         conv2_weight: (C/4, 4 * C/8) ``upscale_conv2`` likewise.
         feat_s1: (1, HW, 4 * C/4) ``conv_s1`` features + conv1 bias, in conv1's output order.
         feat_s0: (1, 4HW, 4 * C/8) ``conv_s0`` features + conv2 bias, in conv2's output order.
+        chain: the first upscaling convolution pushed back through the transformer's image-side
+            LayerNorms (see :class:`_Conv1Chain`); None when the decoder runs under autocast.
     """
 
     keys: torch.Tensor
@@ -124,6 +177,7 @@ class _ImageContext:
     feat_s0: torch.Tensor
     height: int
     width: int
+    chain: _Conv1Chain | None = None
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -173,19 +227,74 @@ def _prepare_image(model: Sam2Model, embedding: Sam2ImageEmbedding) -> _ImageCon
     c8 = feat_s0.shape[1]
     feat_s0 = feat_s0.view(1, c8, height, 2, 2, width, 2, 2).permute(0, 2, 5, 3, 6, 4, 7, 1)
     feat_s0 = (feat_s0 + decoder.upscale_conv2.bias.to(feat_s0.dtype)).reshape(1, 4 * height * width, 4 * c8)
+    conv1_weight = _conv_as_matrix(decoder.upscale_conv1)
+    chain = None
+    if not torch.is_autocast_enabled(keys.device.type) and keys.dtype == torch.float32:
+        chain = _conv1_chain(decoder, keys, conv1_weight, feat_s1)
     return _ImageContext(
         keys=keys,
         key_pe=key_pe,
         first_k=first_k,
         first_v=first_v,
         first_image_q=first_image_q,
-        conv1_weight=_conv_as_matrix(decoder.upscale_conv1),
+        conv1_weight=conv1_weight,
         conv2_weight=_conv_as_matrix(decoder.upscale_conv2),
         feat_s1=feat_s1,
         feat_s0=feat_s0,
         height=height,
         width=width,
+        chain=chain,
     )
+
+
+def _conv1_chain(
+    decoder: torch.nn.Module, keys: torch.Tensor, conv1_weight: torch.Tensor, feat_s1: torch.Tensor
+) -> _Conv1Chain:
+    """Per-image part of :class:`_Conv1Chain` for image tokens ``keys`` (1, HW, C)."""
+    norms = [layer.layer_norm4 for layer in decoder.transformer.layers]
+    maps = [conv1_weight * norms[-1].weight[:, None]]
+    for norm in reversed(norms[:-1]):
+        maps.insert(0, maps[0] * norm.weight[:, None])
+    row_sums = [m.sum(dim=0) for m in maps]
+    # Block 0's mean is linear in its inputs: m_0 = mean(X) + P_0^T mean(V_0), so its term
+    # joins X A_0 here and V_0 A_0 per prompt instead of being a column of its own.
+    image_mean = keys.mean(dim=-1, keepdim=True)
+    return _Conv1Chain(
+        image_product=keys @ maps[0] - image_mean * row_sums[0],
+        maps=maps,
+        row_sums=row_sums,
+        bias_terms=[norm.bias @ m for norm, m in zip(norms[:-1], maps[1:])],
+        feat_s1=feat_s1 + norms[-1].bias @ conv1_weight,
+    )
+
+
+def _conv1_through_chain(chain: _Conv1Chain, trace: _ImageTrace, rows: slice | torch.Tensor) -> torch.Tensor:
+    """conv1 (+ its bias and the s1 features) of the final image tokens of prompts ``rows``,
+    from the trace instead of the tokens themselves. Returns (k, HW, 4 * C/4)."""
+    values = trace.values[0][rows]  # (k, heads * T, C)
+    right = values @ chain.maps[0] - values.mean(dim=-1, keepdim=True) * chain.row_sums[0]
+    k = right.shape[0]
+    x = torch.baddbmm(chain.image_product.expand(k, -1, -1), trace.probs[0][rows].transpose(1, 2), right)
+    rstds = [r[rows].transpose(1, 2) for r in trace.rstds]  # (k, 1, HW)
+    scale = torch.ones_like(rstds[0])  # c_l = 1 / (r_0 ... r_{l-1})
+    for index in range(1, len(trace.probs)):
+        scale = scale / rstds[index - 1]
+        # Token rows of P_l, then the mean and bias columns, all scaled by c_l: (k, heads*T + 2, HW).
+        left = torch.cat([trace.probs[index][rows], -trace.means[index][rows].transpose(1, 2), torch.ones_like(scale)], dim=1)
+        left.mul_(scale)
+        right = torch.cat(
+            [
+                trace.values[index][rows] @ chain.maps[index],
+                chain.row_sums[index].expand(k, 1, -1),
+                chain.bias_terms[index - 1].expand(k, 1, -1),
+            ],
+            dim=1,
+        )
+        x.baddbmm_(left.transpose(1, 2), right)
+    total_rstd = rstds[0]
+    for r in rstds[1:]:
+        total_rstd = total_rstd * r
+    return x.mul_(total_rstd.transpose(1, 2)).add_(chain.feat_s1)
 
 
 def _tokens_to_shared_image(
@@ -252,13 +361,9 @@ def _image_to_tokens_probs(
     return scores.softmax(dim=2).view(n, heads * tokens, -1)
 
 
-def _image_to_tokens_update(
-    attention: Sam2Attention, probs: torch.Tensor, tokens: torch.Tensor, keys: torch.Tensor, in_place: bool
-) -> torch.Tensor:
-    """``keys + o_proj(P V)`` with the output projection folded into the T values. (n, HW, C).
-
-    ``in_place``: accumulate into ``keys`` (n, HW, C) itself, which must then be the caller's own
-    per-prompt tensor, not a broadcast view."""
+def _image_to_tokens_values(attention: Sam2Attention, tokens: torch.Tensor) -> torch.Tensor:
+    """The T token values with the output projection folded in: (n, heads * T, C), so that
+    ``o_proj(P V) = P^T``-weighted sums of these rows (see :func:`_image_to_tokens_update`)."""
     n, tokens_count, _ = tokens.shape
     heads = attention.num_attention_heads
     v = _split_heads(attention.v_proj(tokens), heads)  # (n, heads, T, d)
@@ -267,15 +372,25 @@ def _image_to_tokens_update(
     )  # (heads, d, C)
     # Each head's weights sum to 1 over its tokens, so bias / heads per value row adds the bias once.
     v_out = torch.matmul(v, o_weight) + attention.o_proj.bias / heads  # (n, heads, T, C)
-    v_out = v_out.reshape(n, heads * tokens_count, -1).to(probs.dtype)
+    return v_out.reshape(n, heads * tokens_count, -1)
+
+
+def _image_to_tokens_update(
+    probs: torch.Tensor, values: torch.Tensor, keys: torch.Tensor, in_place: bool
+) -> torch.Tensor:
+    """``keys + o_proj(P V)`` as ``keys + P^T values``. (n, HW, C).
+
+    ``in_place``: accumulate into ``keys`` (n, HW, C) itself, which must then be the caller's own
+    per-prompt tensor, not a broadcast view."""
+    values = values.to(probs.dtype)
     if in_place:
-        return keys.baddbmm_(probs.transpose(1, 2).to(keys.dtype), v_out.to(keys.dtype))
-    return torch.baddbmm(keys, probs.transpose(1, 2), v_out)
+        return keys.baddbmm_(probs.transpose(1, 2).to(keys.dtype), values.to(keys.dtype))
+    return torch.baddbmm(keys, probs.transpose(1, 2), values)
 
 
 def _run_transformer(
     model: Sam2Model, context: _ImageContext, sparse: torch.Tensor, outputs: list[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, _ImageTrace | None]:
     """The two-way transformer for n prompts.
 
     Args:
@@ -286,6 +401,7 @@ def _run_transformer(
     Returns:
         queries: (n, len(outputs), C) those output tokens.
         keys: (n, HW, C) updated image tokens.
+        trace: what ``context.chain`` needs to compute conv1 without ``keys`` (None without a chain).
     """
     decoder = model.mask_decoder
     n = sparse.shape[0]
@@ -300,6 +416,7 @@ def _run_transformer(
     device_type = keys.device.type
     low_precision = torch.is_autocast_enabled(device_type)
     key_pe = context.key_pe.to(torch.get_autocast_dtype(device_type)) if low_precision else context.key_pe
+    trace = _ImageTrace([], [], [], []) if context.chain is not None else None
     for index, layer in enumerate(decoder.transformer.layers):
         # Self-attention of the tokens (small): the module itself, on 1 x n x T x C.
         if layer.skip_first_layer_pe:
@@ -323,10 +440,21 @@ def _run_transformer(
 
         image_q = context.first_image_q if index == 0 else None
         probs = _image_to_tokens_probs(back, queries + point_pe, keys_with_pe, image_q)
+        values = _image_to_tokens_values(back, queries)
         # Block 0's keys are the shared image tokens (broadcast, copied by the update); later
         # blocks own theirs (a LayerNorm output), so the update accumulates into them.
-        updated = _image_to_tokens_update(back, probs, queries, keys.expand(n, -1, -1), in_place=index > 0)
-        keys = layer.layer_norm4(updated)
+        updated = _image_to_tokens_update(probs, values, keys.expand(n, -1, -1), in_place=index > 0)
+        norm = layer.layer_norm4
+        if trace is not None:
+            keys, mean, rstd = torch.native_layer_norm(
+                updated, norm.normalized_shape, norm.weight, norm.bias, norm.eps
+            )
+            trace.probs.append(probs)
+            trace.values.append(values)
+            trace.means.append(mean)
+            trace.rstds.append(rstd)
+        else:
+            keys = norm(updated)
         if low_precision:
             keys = keys.to(key_pe.dtype)
 
@@ -335,27 +463,38 @@ def _run_transformer(
     final = decoder.transformer.final_attn_token_to_image
     attn_out = _tokens_to_image(final, queries + point_pe, keys, keys + key_pe)
     queries = decoder.transformer.layer_norm_final_attn(queries + attn_out)
-    return queries, keys
+    return queries, keys, trace
 
 
 def _upscale_masks(
-    model: Sam2Model, context: _ImageContext, keys: torch.Tensor, hyper: torch.Tensor
+    model: Sam2Model,
+    context: _ImageContext,
+    keys: torch.Tensor,
+    hyper: torch.Tensor,
+    trace: _ImageTrace | None,
+    rows: slice | torch.Tensor,
 ) -> torch.Tensor:
     """Upscale k prompts' final image tokens and take each one's chosen mask.
 
     Args:
-        keys: (k, HW, C) final image tokens.
-        hyper: (k, C/8) each prompt's hypernetwork output for its chosen mask.
+        keys: (n, HW, C) final image tokens of the chunk's prompts.
+        hyper: (k, C/8) each upscaled prompt's hypernetwork output for its chosen mask.
+        trace: the chunk's trace, when ``context.chain`` computes conv1 (then ``keys`` is unused).
+        rows: the k prompts of the chunk to upscale.
 
     Returns:
         (k, 4H, 4W) mask logits.
     """
     norm = model.mask_decoder.upscale_layer_norm
-    k = keys.shape[0]
+    k = hyper.shape[0]
     height, width = context.height, context.width
-    dtype = keys.dtype
     # conv1 (+ bias + s1): rows (Y, X), columns (i, j, c); LayerNorm is per pixel, so order is free.
-    x = torch.baddbmm(context.feat_s1.to(dtype), keys, context.conv1_weight.to(dtype).expand(k, -1, -1))
+    if context.chain is not None and trace is not None:
+        x = _conv1_through_chain(context.chain, trace, rows)
+    else:
+        keys = keys[rows]
+        dtype = keys.dtype
+        x = torch.baddbmm(context.feat_s1.to(dtype), keys, context.conv1_weight.to(dtype).expand(k, -1, -1))
     x = x.view(k, 4 * height * width, -1)
     # Both GELUs are in place on fresh tensors (exact erf GELU, as nn.GELU()).
     x = torch.ops.aten.gelu_(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
@@ -409,7 +548,7 @@ def decode_points_fast(
             input_boxes=None,
             input_masks=None,
         )
-        queries, keys = _run_transformer(model, context, sparse[0], outputs)
+        queries, keys, trace = _run_transformer(model, context, sparse[0], outputs)
 
         iou = decoder.iou_prediction_head(queries[:, 0])[:, first_mask:]  # (n, 3)
         best_iou, best_index = iou.max(dim=1)
@@ -427,7 +566,7 @@ def decode_points_fast(
         for part in range(0, kept.numel(), UPSCALE_CHUNK):
             # When every prompt survives, a slice (a view) instead of a gathered copy.
             rows = slice(part, part + UPSCALE_CHUNK) if all_kept else kept[part : part + UPSCALE_CHUNK]
-            masks = _upscale_masks(model, context, keys[rows], hyper[part : part + UPSCALE_CHUNK])
+            masks = _upscale_masks(model, context, keys, hyper[part : part + UPSCALE_CHUNK], trace, rows)
             logits_parts.append(masks.float().cpu())
     if not logits_parts:
         return empty_proposals(4 * context.height)
