@@ -96,7 +96,7 @@ def format_report(report: dict[str, Any]) -> str:
         f"Image: {report['image']} ({report['image_size'][1]}x{report['image_size'][0]})",
         f"Command: `{report['command']}`",
         "",
-        "| preset | dtype | path | decoder, batch, pooling, huge pages | SAM2 image s | SAM2 decode s | DINOv2 s "
+        "| preset | dtype | path | decoder, encoder, batch, pooling, huge pages | SAM2 image s | SAM2 decode s | DINOv2 s "
         "| matching s | other s | total s | CPU s | first of repeats s | peak RSS GiB | proposals | instances |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -110,7 +110,7 @@ def format_report(report: dict[str, Any]) -> str:
         mark = ""
         if run["grid"] != run["preset_grid"]:
             mark, scaled_any = "~", True
-        how = f"{run['decoder']}, {run['batch_size']}, {run['pool']}" + (
+        how = f"{run['decoder']}, {run.get('encoder', 'stock')}, {run['batch_size']}, {run['pool']}" + (
             ", THP" if run.get("huge_pages") else ""
         )
         lines.append(

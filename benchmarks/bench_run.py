@@ -33,6 +33,7 @@ class CodePath:
     Attributes:
         name: "optimised" or "straightforward".
         decoder: SAM2 point decoder, "fast" (refseg's) or "stock" (``Sam2Model.forward``).
+        encoder: SAM2 image encoder forward, "lean" (refseg's, less memory) or "stock".
         batch_size: prompts per decoder call; None means the preset's.
         pool: mask-average pooling of :func:`refseg.matching.postprocess`, "fast" or "dense".
         huge_pages: run the worker with ``THP_MEM_ALLOC_ENABLE=1`` (torch then asks for
@@ -43,15 +44,18 @@ class CodePath:
 
     name: str
     decoder: str
+    encoder: str
     batch_size: int | None
     pool: str
     huge_pages: bool
 
 
 PATHS: dict[str, CodePath] = {
-    "optimised": CodePath("optimised", decoder="fast", batch_size=None, pool="fast", huge_pages=True),
+    "optimised": CodePath(
+        "optimised", decoder="fast", encoder="lean", batch_size=None, pool="fast", huge_pages=True
+    ),
     "straightforward": CodePath(
-        "straightforward", decoder="stock", batch_size=256, pool="dense", huge_pages=False
+        "straightforward", decoder="stock", encoder="stock", batch_size=256, pool="dense", huge_pages=False
     ),
 }
 
@@ -271,7 +275,9 @@ def run_configuration(spec: RunSpec) -> dict[str, Any]:
 
     rss = PeakRss()
     start = time.perf_counter()
-    proposer = load_proposer(spec.sam2_dir, device=spec.device, dtype=spec.dtype, decoder=code_path.decoder)
+    proposer = load_proposer(
+        spec.sam2_dir, device=spec.device, dtype=spec.dtype, decoder=code_path.decoder, encoder=code_path.encoder
+    )
     preset = get_preset(spec.preset)
     encoder = load_encoder(
         spec.encoder_dir, input_size=preset.encoder_input_size, device=spec.device, dtype=spec.dtype
@@ -328,6 +334,7 @@ def run_configuration(spec: RunSpec) -> dict[str, Any]:
         "preset_grid": preset.points_per_side,
         "batch_size": settings.points_batch_size,
         "decoder": code_path.decoder,
+        "encoder": code_path.encoder,
         "pool": code_path.pool,
         "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0"),
         "load_s": load_seconds,

@@ -81,8 +81,8 @@ def test_tiny_run_reports_every_stage_and_identical_paths(tiny_report) -> None:
     assert fidelity["feature_cosine"] == pytest.approx(1.0)
 
     text = bench_report.format_report(report)
-    assert "| fast | float32 | optimised | fast, 64, fast" in text
-    assert "| fast | float32 | straightforward | stock, 256, dense" in text
+    assert "| fast | float32 | optimised | fast, lean, 64, fast" in text
+    assert "| fast | float32 | straightforward | stock, stock, 256, dense" in text
     assert "optimised vs straightforward: IDENTICAL" in text
     assert "Straightforward / optimised" in text
     assert "Peak RSS by stage" in text and "low-res proposal masks with IoU >= 0.95: 100.0%" in text

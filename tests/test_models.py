@@ -11,6 +11,8 @@ from conftest import tiny_sam2_config
 from transformers import Dinov2Model, Dinov2WithRegistersModel, Sam2Config, Sam2Model
 
 import refseg.models.fast_decoder as fast_decoder
+import refseg.models.malloc as malloc_tuning
+from refseg.models import lean_hiera
 from refseg.errors import InvalidInputError
 from refseg.models import Encoder, Proposer
 from refseg.models.dinov2 import Dinov2Encoder
@@ -184,6 +186,45 @@ def test_masks_from_boxes_equal_direct_single_mask(tiny_models, sam2_reference, 
         out = sam2_reference(image_embeddings=embeddings, input_boxes=boxes[None], multimask_output=False)
     torch.testing.assert_close(masks, out.pred_masks[0, :, 0], rtol=0, atol=LOGIT_ATOL)
     assert proposer.masks_from_boxes(tiny_image, torch.zeros((0, 4))).shape == (0, 256, 256)
+
+
+# ---------------------------------------------------------------------------- lean encoder
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens_per_piece", [100, 8192])
+def test_lean_hiera_equals_stock(tiny_sam2_dir, tiny_image, monkeypatch, dtype, tokens_per_piece):
+    """Window groups (100 tokens: one 8x8 window per piece, or several 4x4 ones, the last piece
+    partial), padded windows (the tiny Hiera's 14 and 7 windows on 64 and 32 tokens), query
+    pooling and the row-chunked MLP give the stock encoder's features: equal in float32; in
+    bfloat16 (rounded in a different order) no further from float32 than the stock forward."""
+    monkeypatch.setattr(lean_hiera, "TOKENS_PER_PIECE", tokens_per_piece)
+    model = Sam2Model.from_pretrained(tiny_sam2_dir)
+    exact = Sam2Proposer(model, device="cpu", encoder="stock").embed(tiny_image)
+    expected = Sam2Proposer(model, device="cpu", dtype=dtype, encoder="stock").embed(tiny_image)
+    lean = Sam2Proposer(model, device="cpu", dtype=dtype, encoder="lean")
+    assert lean_hiera.make_lean(model) == 0  # already lean: nothing changed twice
+    got = lean.embed(tiny_image)
+    for name in ("image_embeddings", "feat_s0", "feat_s1"):
+        a, b, reference = getattr(got, name), getattr(expected, name), getattr(exact, name)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        if dtype == torch.float32:
+            scale = float(b.abs().max())
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6 * max(scale, 1.0))
+        else:
+            lean_error = (a.float() - reference).abs()
+            stock_error = (b.float() - reference).abs()
+            assert float(lean_error.mean()) <= 1.25 * float(stock_error.mean()) + 1e-6
+            assert float(lean_error.max()) <= 1.5 * float(stock_error.max()) + 1e-6
+
+
+def test_lean_hiera_changes_only_hiera_blocks(tiny_sam2_dir):
+    model = Sam2Model.from_pretrained(tiny_sam2_dir)
+    assert lean_hiera.make_lean(model) == 5  # blocks_per_stage [1, 1, 2, 1]
+    other = Sam2Model.from_pretrained(tiny_sam2_dir)
+    assert not any(hasattr(block, "_stock_forward") for block in other.modules())
+    with pytest.raises(ValueError, match="encoder"):
+        Sam2Proposer(other, device="cpu", encoder="fast")
 
 
 # ---------------------------------------------------------------------------- fast decoder
@@ -362,29 +403,47 @@ class _FakeMallopt:
         return 1
 
 
-def test_retain_freed_memory_raises_glibc_thresholds_once(monkeypatch):
-    mallopt = _FakeMallopt()
-    libc = type("Glibc", (), {"gnu_get_libc_version": staticmethod(lambda: b"2.36"), "mallopt": mallopt})()
-    monkeypatch.setattr(fast_decoder.sys, "platform", "linux")
-    monkeypatch.setattr(fast_decoder.ctypes, "CDLL", lambda name: libc)
-    monkeypatch.setattr(fast_decoder, "_malloc_tuned", None)
-    assert fast_decoder.retain_freed_memory() is True
-    assert fast_decoder.retain_freed_memory() is True
+def _fake_glibc(mallopt: _FakeMallopt, trims: list[int]):
+    return type(
+        "Glibc",
+        (),
+        {
+            "gnu_get_libc_version": staticmethod(lambda: b"2.36"),
+            "mallopt": mallopt,
+            "malloc_trim": staticmethod(lambda pad: trims.append(pad) or 1),
+        },
+    )()
+
+
+def test_retain_freed_memory_raises_glibc_thresholds_once_and_release_trims(monkeypatch):
+    mallopt, trims = _FakeMallopt(), []
+    libc = _fake_glibc(mallopt, trims)
+    monkeypatch.setattr(malloc_tuning.sys, "platform", "linux")
+    monkeypatch.setattr(malloc_tuning.ctypes, "CDLL", lambda name: libc)
+    monkeypatch.setattr(malloc_tuning, "_malloc_tuned", None)
+    monkeypatch.setattr(malloc_tuning, "_libc", None)
+    assert malloc_tuning.release_freed_memory() is False  # nothing retained yet: nothing to trim
+    assert malloc_tuning.retain_freed_memory() is True
+    assert malloc_tuning.retain_freed_memory() is True
     assert mallopt.calls == [
-        (-3, fast_decoder.MALLOC_MMAP_THRESHOLD_BYTES),
-        (-1, fast_decoder.MALLOC_TRIM_THRESHOLD_BYTES),
+        (-3, malloc_tuning.MALLOC_MMAP_THRESHOLD_BYTES),
+        (-1, malloc_tuning.MALLOC_TRIM_THRESHOLD_BYTES),
     ]
     assert max(value for _, value in mallopt.calls) < 2**31  # mallopt takes a C int
+    assert malloc_tuning.release_freed_memory() is True
+    assert trims == [0]
 
 
 def test_retain_freed_memory_leaves_other_libcs_and_opt_out_alone(monkeypatch):
-    mallopt = _FakeMallopt()
-    musl = type("Musl", (), {"mallopt": mallopt})()
-    monkeypatch.setattr(fast_decoder.sys, "platform", "linux")
-    monkeypatch.setattr(fast_decoder.ctypes, "CDLL", lambda name: musl)
-    monkeypatch.setattr(fast_decoder, "_malloc_tuned", None)
-    assert fast_decoder.retain_freed_memory() is False
-    monkeypatch.setattr(fast_decoder, "_malloc_tuned", None)
-    monkeypatch.setattr(fast_decoder, "RETAIN_FREED_MEMORY", False)
-    assert fast_decoder.retain_freed_memory() is False
-    assert mallopt.calls == []
+    mallopt, trims = _FakeMallopt(), []
+    musl = type("Musl", (), {"mallopt": mallopt, "malloc_trim": lambda pad: trims.append(pad)})()
+    monkeypatch.setattr(malloc_tuning.sys, "platform", "linux")
+    monkeypatch.setattr(malloc_tuning.ctypes, "CDLL", lambda name: musl)
+    monkeypatch.setattr(malloc_tuning, "_malloc_tuned", None)
+    monkeypatch.setattr(malloc_tuning, "_libc", None)
+    assert malloc_tuning.retain_freed_memory() is False
+    assert malloc_tuning.release_freed_memory() is False
+    monkeypatch.setattr(malloc_tuning, "_malloc_tuned", None)
+    monkeypatch.setattr(malloc_tuning, "RETAIN_FREED_MEMORY", False)
+    assert malloc_tuning.retain_freed_memory() is False
+    assert mallopt.calls == [] and trims == []

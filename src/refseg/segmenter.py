@@ -15,6 +15,7 @@ from .errors import InvalidInputError
 from .instances import Instances
 from .memory import MaskLike, MemoryBank, decode_mask, reference_feature
 from .models.base import Encoder, Proposals, Proposer
+from .models.malloc import release_freed_memory
 from .preprocess import encoder_input, proposer_input
 from .presets import Preset, get_preset
 
@@ -211,6 +212,9 @@ class Segmenter:
         with torch.inference_mode():
             square = self._proposer_input(pixels)
             proposals = self._propose(square)
+            # SAM2's temporaries are freed: give them back before the next stage (CPU, glibc;
+            # see models/malloc.py), so peak memory is the largest stage's, not their sum.
+            release_freed_memory()
             if len(proposals) == 0:
                 return Instances.empty(height, width, class_names)
             features = self.encoder.encode(self._encoder_input(square))[0].float().cpu()
@@ -225,6 +229,8 @@ class Segmenter:
                 merge_exponent=settings.merge_exponent,
                 max_instances=settings.max_instances,
             )
+            del proposals, features
+            release_freed_memory()
         return Instances(
             masks=_numpy(result.masks).astype(bool),
             boxes=_numpy(result.boxes).astype(np.float32),

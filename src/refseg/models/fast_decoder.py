@@ -21,21 +21,17 @@ embedding once per prompt and runs every 4096 x 256 image-token projection per p
    channels-last features whose pixel order is undone only on the final one-channel mask.
 4. **Small chunks**: prompts go through in chunks of at most :data:`PROMPT_CHUNK`, so the
    per-chunk temporaries stay small instead of multi-GiB.
-5. **No page faults**: every chunk allocates and frees tens-of-MiB temporaries. glibc hands
-   blocks that large straight back to the kernel, so each new one is page-faulted and zeroed
-   again, which cost more than the arithmetic (a LayerNorm over 16 x 4096 x 256 took 40 ms
-   instead of 8 ms). On CPU with glibc, :func:`retain_freed_memory` raises the malloc mmap and
-   trim thresholds once per process so freed blocks are reused (:data:`RETAIN_FREED_MEMORY`
-   turns this off).
+5. **No page faults**: every chunk allocates and frees tens-of-MiB temporaries, which glibc
+   would hand straight back to the kernel and fault in again; on CPU the first decode calls
+   :func:`refseg.models.malloc.retain_freed_memory` so they are reused.
+6. **conv1 through the LayerNorms** (float32): see :class:`_Conv1Chain`.
 
 Outputs equal the stock path to float32 rounding (the tests compare both on the tiny model).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +40,7 @@ from transformers import Sam2Model
 from transformers.models.sam2.modeling_sam2 import Sam2Attention
 
 from .base import Proposals
+from .malloc import retain_freed_memory
 from .sam2 import Sam2ImageEmbedding, empty_proposals
 
 logger = logging.getLogger(__name__)
@@ -52,51 +49,6 @@ logger = logging.getLogger(__name__)
 # together. Chosen on CPU timings of the full-size decoder.
 PROMPT_CHUNK = 16
 UPSCALE_CHUNK = 8
-
-# Process-wide glibc malloc tuning applied by the first CPU decode (see retain_freed_memory).
-RETAIN_FREED_MEMORY = True
-MALLOC_MMAP_THRESHOLD_BYTES = 1 << 30  # blocks below this come from the heap, not fresh mmaps
-MALLOC_TRIM_THRESHOLD_BYTES = (1 << 31) - 1  # free heap memory kept before returning it to the kernel
-_M_TRIM_THRESHOLD = -1  # glibc mallopt parameter numbers (malloc.h)
-_M_MMAP_THRESHOLD = -3
-_malloc_tuned: bool | None = None  # None: not tried yet; then whether glibc accepted it
-
-
-def retain_freed_memory() -> bool:
-    """Let glibc keep and reuse freed large blocks instead of unmapping them (once per process).
-
-    Without this, every temporary above glibc's mmap threshold (at most 32 MiB) is a fresh
-    ``mmap`` whose pages are faulted in and zeroed by the kernel on first touch; the decoder's
-    per-chunk temporaries are 16-64 MiB, so that zeroing cost several times the arithmetic.
-    This raises the thresholds with ``mallopt``; it affects the whole process (its resident
-    memory stays near its peak after large temporaries are freed). A no-op when
-    :data:`RETAIN_FREED_MEMORY` is false or the C library is not glibc.
-
-    Returns:
-        Whether glibc accepted the settings (now or on an earlier call).
-    """
-    global _malloc_tuned
-    if _malloc_tuned is not None:
-        return _malloc_tuned
-    if not RETAIN_FREED_MEMORY or not sys.platform.startswith("linux"):
-        return False
-    _malloc_tuned = False
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl's mallopt does nothing)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        logger.debug("not glibc: freed memory is left to the C library's defaults")
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    _malloc_tuned = (
-        mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES) == 1
-        and mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES) == 1
-    )
-    logger.debug("glibc malloc thresholds raised for the SAM2 decoder: %s", _malloc_tuned)
-    return _malloc_tuned
-
 
 @dataclass
 class _Conv1Chain:
@@ -538,7 +490,12 @@ def decode_points_fast(
     outputs = [1, *range(2 + first_mask, 2 + decoder.num_mask_tokens)]
     hypernetworks = decoder.output_hypernetworks_mlps[first_mask:]
     chunk_size = max(1, min(batch_size, PROMPT_CHUNK))
-    logits_parts, iou_parts, point_parts = [], [], []
+    # Survivors' logits are written straight into one buffer (no list + cat: that doubled the
+    # peak at 268 MB for 1024 prompts); a narrowed view of it is returned.
+    mask_size = 4 * context.height
+    logits = torch.empty((points.shape[0], mask_size, 4 * context.width), dtype=torch.float32)
+    filled = 0
+    iou_parts, point_parts = [], []
     for start in range(0, points.shape[0], chunk_size):
         chunk = points[start : start + chunk_size].to(device=device, dtype=torch.float32)
         n = chunk.shape[0]
@@ -567,7 +524,8 @@ def decode_points_fast(
             # When every prompt survives, a slice (a view) instead of a gathered copy.
             rows = slice(part, part + UPSCALE_CHUNK) if all_kept else kept[part : part + UPSCALE_CHUNK]
             masks = _upscale_masks(model, context, keys, hyper[part : part + UPSCALE_CHUNK], trace, rows)
-            logits_parts.append(masks.float().cpu())
-    if not logits_parts:
-        return empty_proposals(4 * context.height)
-    return Proposals(torch.cat(logits_parts), torch.cat(iou_parts), torch.cat(point_parts))
+            logits[filled : filled + masks.shape[0]] = masks
+            filled += masks.shape[0]
+    if not filled:
+        return empty_proposals(mask_size)
+    return Proposals(logits[:filled], torch.cat(iou_parts), torch.cat(point_parts))

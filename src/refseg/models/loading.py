@@ -30,7 +30,7 @@ from transformers import (
 
 from ..errors import InvalidInputError, WeightsUnavailableError
 from .dinov2 import Dinov2Encoder
-from .sam2 import DecoderName, Sam2Proposer
+from .sam2 import DecoderName, EncoderName, Sam2Proposer
 
 logger = logging.getLogger(__name__)
 
@@ -272,6 +272,7 @@ def load_proposer(
     dtype: str | torch.dtype | None = "float32",
     revision: str | None = None,
     decoder: DecoderName = "fast",
+    encoder: EncoderName = "lean",
 ) -> Sam2Proposer:
     """A :class:`Sam2Proposer` from a hub id (``facebook/sam2-hiera-large``) or a directory.
 
@@ -281,6 +282,7 @@ def load_proposer(
         dtype: compute dtype: "float32" (exact) or "bfloat16"/"float16" (autocast).
         revision: hub branch, tag or commit (ignored for directories).
         decoder: "fast" or "stock" point decoder (same outputs).
+        encoder: "lean" or "stock" Hiera forward (same outputs; lean uses less memory).
 
     Raises:
         WeightsUnavailableError: the weights cannot be reached or read.
@@ -296,7 +298,9 @@ def load_proposer(
             f"{_SAM2.example_id} to --{_SAM2.option}."
         )
     model = _from_pretrained(_SAM2, text, checkpoint, Sam2Model, sam2_config_from(checkpoint.config))
-    return Sam2Proposer(model, device=torch_device, dtype=torch_dtype, decoder=decoder, name=checkpoint.name)
+    return Sam2Proposer(
+        model, device=torch_device, dtype=torch_dtype, decoder=decoder, encoder=encoder, name=checkpoint.name
+    )
 
 
 def load_encoder(

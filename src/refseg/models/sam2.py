@@ -18,11 +18,13 @@ import torch
 from transformers import Sam2Model
 
 from .base import Proposals
+from .malloc import retain_freed_memory
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 DecoderName = Literal["fast", "stock"]
+EncoderName = Literal["lean", "stock"]
 
 
 def imagenet_normalize(images: torch.Tensor) -> torch.Tensor:
@@ -149,6 +151,9 @@ class Sam2Proposer:
             the weights stay float32).
         decoder: ``"fast"`` (default, :mod:`refseg.models.fast_decoder`, same outputs) or
             ``"stock"`` (``Sam2Model.forward``, the straightforward path).
+        encoder: ``"lean"`` (default: the Hiera blocks get the forwards of
+            :mod:`refseg.models.lean_hiera`, same outputs in less memory; changes ``model``) or
+            ``"stock"``.
         name: where the weights came from (hub id or directory), for messages.
     """
 
@@ -159,14 +164,22 @@ class Sam2Proposer:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         decoder: DecoderName = "fast",
+        encoder: EncoderName = "lean",
         name: str = "sam2",
     ) -> None:
         if decoder not in ("fast", "stock"):
             raise ValueError(f"decoder must be 'fast' or 'stock', not {decoder!r}")
+        if encoder not in ("lean", "stock"):
+            raise ValueError(f"encoder must be 'lean' or 'stock', not {encoder!r}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.eval().to(self.device)
         self.dtype = dtype
         self.decoder = decoder
+        self.encoder = encoder
+        if encoder == "lean":
+            from .lean_hiera import make_lean
+
+            make_lean(self.model)
         self.name = name
         prompt_config = model.config.prompt_encoder_config
         self.image_size: int = int(prompt_config.image_size)
@@ -175,7 +188,7 @@ class Sam2Proposer:
     def __repr__(self) -> str:
         return (
             f"Sam2Proposer(name={self.name!r}, device={str(self.device)!r}, dtype={self.dtype}, "
-            f"decoder={self.decoder!r})"
+            f"decoder={self.decoder!r}, encoder={self.encoder!r})"
         )
 
     def _autocast(self) -> AbstractContextManager:
@@ -194,6 +207,8 @@ class Sam2Proposer:
             image: (3, S, S) float in [0, 1], S = ``image_size``, not normalised.
         """
         self._check_image(image)
+        if self.device.type == "cpu" and self.encoder == "lean":
+            retain_freed_memory()  # ~2 s of page faults less per Hiera-L image (models/malloc.py)
         pixels = imagenet_normalize(image.to(self.device, torch.float32))[None]
         with self._autocast():
             feat_s0, feat_s1, image_embeddings = self.model.get_image_embeddings(pixels)
