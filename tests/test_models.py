@@ -83,14 +83,15 @@ def test_embedding_equals_direct_image_encoder(tiny_models, sam2_reference, tiny
     assert embedding.feat_s0.shape[-2:] == (256, 256)
 
 
-def test_encoder_runs_once_per_image(tiny_models, tiny_image, monkeypatch):
-    proposer, _ = tiny_models
+@pytest.mark.parametrize("encoder", ["lean", "stock"])
+def test_encoder_runs_once_per_image(tiny_sam2_dir, tiny_image, encoder):
+    proposer = Sam2Proposer(Sam2Model.from_pretrained(tiny_sam2_dir), device="cpu", encoder=encoder)
     calls = []
-    original = proposer.model.get_image_embeddings
-    monkeypatch.setattr(
-        proposer.model, "get_image_embeddings", lambda *a, **k: calls.append(1) or original(*a, **k)
-    )
-    proposer.propose(tiny_image, grid_points(5), batch_size=4, iou_threshold=0.0)
+    hook = proposer.model.vision_encoder.backbone.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        proposer.propose(tiny_image, grid_points(5), batch_size=4, iou_threshold=0.0)
+    finally:
+        hook.remove()
     assert len(calls) == 1
 
 

@@ -5,10 +5,15 @@ once (the query/key/value projection of 65,536 tokens alone is 113-226 MB in flo
 each attention layer also computes a softmax over a (tokens, heads, heads) product that it
 never uses. :func:`make_lean` swaps the forward methods of one model's blocks for versions that
 
-- run windowed attention a few hundred windows at a time (windows are independent), writing
-  into one output buffer, so the projection of only those windows exists at once;
+- run each windowed block a band of window rows at a time (attention never leaves a window,
+  everything else is per token), writing into one output buffer, so only the block's input
+  and output exist at full size;
 - run the MLP a block of rows at a time, with the GELU in place;
 - skip the unused attention weights.
+
+:func:`image_embeddings` is ``Sam2Model.get_image_embeddings`` without the FPN position
+encodings, which only SAM2's video memory reads: building them took about 0.27 GiB of
+temporaries at 1024 x 1024, and transformers keeps the last one (67 MB) in a cache.
 
 Every product sees the same rows as before, so the encoder's outputs are unchanged (the tests
 compare them with the stock forward). Only the instance passed in is changed; the stock
@@ -24,8 +29,8 @@ import torch.nn.functional as F
 from transformers.activations import GELUActivation
 from transformers.models.sam2 import modeling_sam2
 
-# Tokens per piece of work: windowed attention takes whole windows up to about this many
-# tokens, the MLP this many rows (about 19 MB of hidden activations at Hiera-L's first stage).
+# Tokens per piece of work: a windowed block takes bands of whole window rows up to about this
+# many tokens, the MLP this many rows (about 19 MB of hidden activations at Hiera-L's first stage).
 TOKENS_PER_PIECE = 8192
 
 
@@ -69,31 +74,57 @@ def _mlp_forward(self: modeling_sam2.Sam2FeedForward, hidden_states: torch.Tenso
 
 
 def _block_forward(self: modeling_sam2.Sam2MultiScaleBlock, hidden_states: torch.Tensor, **kwargs):
-    """``Sam2MultiScaleBlock.forward`` with windowed attention a group of windows at a time."""
+    """``Sam2MultiScaleBlock.forward`` for windowed blocks, a band of window rows at a time.
+
+    Everything in a windowed block is local to a row of windows: LayerNorms and the MLP are
+    per token, attention stays inside each window, query pooling (2x2, stride 2) inside each
+    window too. So the block runs on horizontal bands of whole window rows (about
+    ``TOKENS_PER_PIECE`` tokens each) and writes each band's rows of the output; only the
+    block's input and output exist at full size. Padding is as in ``window_partition``: the
+    normalised tokens of the last band are padded with zeros to whole windows, and the
+    padded rows and columns are dropped after attention.
+    """
     if self.window_size == 0:
         return self._stock_forward(hidden_states, **kwargs)
-    residual = hidden_states
-    hidden_states = self.layer_norm1(hidden_states)
-    if self.dim != self.dim_out:
-        residual = modeling_sam2.do_pool(self.proj(hidden_states), self.query_stride)
-    height, width = hidden_states.shape[1:3]
-    windows, pad_hw = modeling_sam2.window_partition(hidden_states, self.window_size)
-    del hidden_states
-    window_size = self.window_size
-    if self.query_stride:
-        window_size = self.window_size // self.query_stride[0]
-        height, width = residual.shape[1:3]
-        pad_hw = (height + (-height) % window_size, width + (-width) % window_size)
-    per_piece = max(1, TOKENS_PER_PIECE // (self.window_size * self.window_size))
-    attended = windows.new_empty((windows.shape[0], window_size, window_size, self.dim_out))
-    for start in range(0, windows.shape[0], per_piece):
-        attended[start : start + per_piece] = self.attn(windows[start : start + per_piece], **kwargs)
-    del windows
-    hidden_states = modeling_sam2.window_unpartition(attended, window_size, pad_hw, (height, width))
-    del attended
-    hidden_states = hidden_states.add_(residual)
-    del residual
-    return hidden_states + self.mlp(self.layer_norm2(hidden_states))
+    batch, height, width, _ = hidden_states.shape
+    window = self.window_size
+    stride = self.query_stride[0] if self.query_stride else 1
+    out_window = window // stride
+    padded_width = width + (-width) % window
+    windows_per_row = padded_width // window
+    out_height, out_width = (height // stride, width // stride) if stride > 1 else (height, width)
+    rows_per_band = window * max(1, TOKENS_PER_PIECE // (window * padded_width))
+    output = None
+    for top in range(0, height, rows_per_band):
+        band = hidden_states[:, top : top + rows_per_band]
+        rows = band.shape[1]
+        normed = self.layer_norm1(band)
+        residual = band
+        if self.dim != self.dim_out:
+            residual = modeling_sam2.do_pool(self.proj(normed), self.query_stride)
+        window_rows = -(-rows // window)
+        normed = F.pad(normed, (0, 0, 0, padded_width - width, 0, window_rows * window - rows))
+        windows = (
+            normed.view(batch, window_rows, window, windows_per_row, window, -1)
+            .permute(0, 1, 3, 2, 4, 5)
+            .reshape(-1, window, window, normed.shape[-1])
+        )
+        del normed
+        attended = self.attn(windows, **kwargs)  # (windows, out_window, out_window, dim_out)
+        del windows
+        attended = (
+            attended.view(batch, window_rows, windows_per_row, out_window, out_window, -1)
+            .permute(0, 1, 3, 2, 4, 5)
+            .reshape(batch, window_rows * out_window, windows_per_row * out_window, -1)
+        )
+        band_out = residual + attended[:, : residual.shape[1], :out_width]
+        del attended, residual
+        band_out = band_out + self.mlp(self.layer_norm2(band_out))
+        if output is None:
+            output = band_out.new_empty((batch, out_height, out_width, band_out.shape[-1]))
+        start = top // stride
+        output[:, start : start + band_out.shape[1]] = band_out
+    return output
 
 
 def _is_plain_gelu_mlp(mlp: torch.nn.Module) -> bool:
@@ -128,3 +159,35 @@ def make_lean(model: torch.nn.Module) -> int:
         block.forward = types.MethodType(_block_forward, block)
         changed += 1
     return changed
+
+
+def _fpn_features(neck: modeling_sam2.Sam2VisionNeck, hidden_states: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """The feature half of ``Sam2VisionNeck.forward`` (transformers 5), low to high resolution."""
+    last = len(neck.convs) - 1
+    features, previous = [], None
+    for index in range(last, -1, -1):
+        lateral = hidden_states[index].permute(0, 3, 1, 2)
+        # transformers casts to convs[index]'s dtype while applying convs[last - index]: kept as is.
+        lateral = neck.convs[last - index](lateral.to(neck.convs[index].weight.dtype))
+        if index not in neck.fpn_top_down_levels or index == last:
+            previous = lateral
+        else:
+            top_down = F.interpolate(previous.to(dtype=torch.float32), scale_factor=2.0, mode="nearest")
+            previous = lateral + top_down.to(lateral.dtype)
+        features.append(previous)
+    return features
+
+
+def image_embeddings(model: torch.nn.Module, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    """``Sam2Model.get_image_embeddings(pixel_values)`` (same values, same layout: high to low
+    resolution, ``conv_s0``/``conv_s1`` applied, no-memory embedding added to the last) without
+    computing the FPN position encodings."""
+    vision = model.vision_encoder
+    backbone = vision.backbone(pixel_values)
+    features = _fpn_features(vision.neck, backbone.intermediate_hidden_states)
+    del backbone
+    maps = features[-vision.num_feature_levels :][::-1]
+    maps[0] = model.mask_decoder.conv_s0(maps[0])
+    maps[1] = model.mask_decoder.conv_s1(maps[1])
+    maps[-1] = maps[-1] + model.no_memory_embedding.reshape(1, -1, 1, 1)
+    return maps

@@ -18,7 +18,7 @@ import torch
 from transformers import Sam2Model
 
 from .base import Proposals
-from .malloc import retain_freed_memory
+from .malloc import release_freed_memory, retain_freed_memory
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -211,7 +211,12 @@ class Sam2Proposer:
             retain_freed_memory()  # ~2 s of page faults less per Hiera-L image (models/malloc.py)
         pixels = imagenet_normalize(image.to(self.device, torch.float32))[None]
         with self._autocast():
-            feat_s0, feat_s1, image_embeddings = self.model.get_image_embeddings(pixels)
+            if self.encoder == "lean":
+                from .lean_hiera import image_embeddings
+
+                feat_s0, feat_s1, image_embeddings = image_embeddings(self.model, pixels)
+            else:
+                feat_s0, feat_s1, image_embeddings = self.model.get_image_embeddings(pixels)
         return Sam2ImageEmbedding(image_embeddings=image_embeddings, feat_s0=feat_s0, feat_s1=feat_s1)
 
     def _point_decoder(self) -> PointDecoder:
@@ -261,7 +266,9 @@ class Sam2Proposer:
         iou_threshold: float = 0.4,
     ) -> Proposals:
         """Embed ``image`` once, then :meth:`decode` ``points``; see the Proposer protocol."""
-        return self.decode(self.embed(image), points, batch_size=batch_size, iou_threshold=iou_threshold)
+        embedding = self.embed(image)
+        release_freed_memory()  # the encoder's temporaries, before the decoder's (models/malloc.py)
+        return self.decode(embedding, points, batch_size=batch_size, iou_threshold=iou_threshold)
 
     @torch.inference_mode()
     def decode_boxes(
