@@ -271,11 +271,14 @@ def test_fast_decoder_equals_stock_with_more_heads(tiny_image):
     )
 
 
+@pytest.mark.parametrize("chain", [True, False])
 @pytest.mark.parametrize("depth", [2, 3])
-def test_fast_decoder_equals_stock_with_trained_looking_norms(tiny_image, depth):
+def test_fast_decoder_equals_stock_with_trained_looking_norms(tiny_image, depth, chain, monkeypatch):
     """Fresh models have LayerNorm weight 1 and bias 0, which would hide a wrong gamma or beta
     in the conv1 chain (see fast_decoder._Conv1Chain): randomise every norm and bias, and
-    also try a three-block decoder (the chain is written for any depth)."""
+    also try a three-block decoder (the chain is written for any depth), with the chain and
+    with the direct conv1 product."""
+    monkeypatch.setattr(fast_decoder, "CONV1_CHAIN", chain)
     parts = tiny_sam2_config().to_dict()
     parts["mask_decoder_config"].update(num_hidden_layers=depth)
     torch.manual_seed(11)

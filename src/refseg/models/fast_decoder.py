@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 # 8 holds half the per-prompt image tokens (4 MiB each, several copies per block).
 PROMPT_CHUNK = 8
 UPSCALE_CHUNK = 4
+# Compute conv1 through the LayerNorm chain in float32 (see _Conv1Chain); False uses the
+# direct product (for comparison: benchmarks/bench_levers.py, tests).
+CONV1_CHAIN = True
 
 @dataclass
 class _Conv1Chain:
@@ -182,7 +185,7 @@ def _prepare_image(model: Sam2Model, embedding: Sam2ImageEmbedding) -> _ImageCon
     feat_s0 = (feat_s0 + decoder.upscale_conv2.bias.to(feat_s0.dtype)).reshape(1, 4 * height * width, 4 * c8)
     conv1_weight = _conv_as_matrix(decoder.upscale_conv1)
     chain = None
-    if not torch.is_autocast_enabled(keys.device.type) and keys.dtype == torch.float32:
+    if CONV1_CHAIN and not torch.is_autocast_enabled(keys.device.type) and keys.dtype == torch.float32:
         chain = _conv1_chain(decoder, keys, conv1_weight, feat_s1)
     return _ImageContext(
         keys=keys,
@@ -393,6 +396,7 @@ def _run_transformer(
 
         image_q = context.first_image_q if index == 0 else None
         probs = _image_to_tokens_probs(back, queries + point_pe, keys_with_pe, image_q)
+        del keys_with_pe  # (n, HW, C) each: drop what is no longer needed before the next one
         values = _image_to_tokens_values(back, queries)
         # Block 0's keys are the shared image tokens (broadcast, copied by the update); later
         # blocks own theirs (a LayerNorm output), so the update accumulates into them.
@@ -408,6 +412,7 @@ def _run_transformer(
             trace.rstds.append(rstd)
         else:
             keys = norm(updated)
+        del updated
         if low_precision:
             keys = keys.to(key_pe.dtype)
 
@@ -422,7 +427,7 @@ def _run_transformer(
 def _upscale_masks(
     model: Sam2Model,
     context: _ImageContext,
-    keys: torch.Tensor,
+    keys: torch.Tensor | None,
     hyper: torch.Tensor,
     trace: _ImageTrace | None,
     rows: slice | torch.Tensor,
@@ -430,7 +435,7 @@ def _upscale_masks(
     """Upscale k prompts' final image tokens and take each one's chosen mask.
 
     Args:
-        keys: (n, HW, C) final image tokens of the chunk's prompts.
+        keys: (n, HW, C) final image tokens of the chunk's prompts (None with a trace).
         hyper: (k, C/8) each upscaled prompt's hypernetwork output for its chosen mask.
         trace: the chunk's trace, when ``context.chain`` computes conv1 (then ``keys`` is unused).
         rows: the k prompts of the chunk to upscale.
@@ -507,6 +512,8 @@ def decode_points_fast(
             input_masks=None,
         )
         queries, keys, trace = _run_transformer(model, context, sparse[0], outputs)
+        if trace is not None:
+            keys = None  # the chain computes conv1 from the trace: 4 MiB per prompt freed
 
         iou = decoder.iou_prediction_head(queries[:, 0])[:, first_mask:]  # (n, 3)
         best_iou, best_index = iou.max(dim=1)

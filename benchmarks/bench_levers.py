@@ -1,0 +1,299 @@
+#!/usr/bin/env python
+"""Each speed/memory lever of the SAM2 stage on its own: on, off, same process, same inputs.
+
+``bench_stages.py`` compares the whole optimised path with the straightforward one. This
+script takes the levers apart where they can be switched independently, on one random-weight
+SAM2 (the ``paper`` preset's Hiera-L by default) and one embedded image, alternating the
+variants so that a noisy machine affects them alike, and keeping the fastest of the repeats:
+
+- decoder: stock ``Sam2Model.forward`` with all prompts in one call (the paper's way), stock in
+  batches of 16, refseg's fast decoder without and with the conv1 chain, and the fast
+  decoder's prompt chunk sizes;
+- image encoder: transformers' forward and refseg's lean one (time and working set, i.e. peak
+  resident memory above the weights);
+- glibc malloc retention (models/malloc.py) on and off, for the encoder and the decoder;
+- bfloat16 autocast of the encoder and the decoder.
+
+Every decoder variant's proposals are compared with the stock decoder's (max logit and IoU
+difference), and the lean encoder's features with the stock encoder's.
+
+    python benchmarks/bench_levers.py                       # Hiera-L, 64 prompts, ~4 minutes here
+    python benchmarks/bench_levers.py --prompts 32 --repeats 2 --json levers.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+try:
+    import refseg  # noqa: F401  (before torch: THP_MEM_ALLOC_ENABLE)
+except ImportError:
+    sys.path.insert(0, str(HERE.parent / "src"))
+    import refseg  # noqa: F401
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from refseg import matching  # noqa: E402
+from refseg.models import fast_decoder, malloc  # noqa: E402
+from refseg.models.loading import load_proposer  # noqa: E402
+from refseg.models.sam2 import Sam2Proposer, decode_points_stock  # noqa: E402
+from refseg.preprocess import proposer_input  # noqa: E402
+
+DEFAULT_IMAGE = HERE / "data" / "coffee.png"
+_GLIBC_DEFAULT_THRESHOLD = 128 * 1024  # M_MMAP_THRESHOLD and M_TRIM_THRESHOLD defaults (malloc.h)
+
+
+def _status_gib(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def set_retention(on: bool) -> bool:
+    """Switch glibc's malloc retention on or off for this process; False if not glibc."""
+    libc = malloc._glibc()
+    if libc is None:
+        return False
+    if on:
+        malloc._malloc_tuned = None
+        return malloc.retain_freed_memory()
+    libc.mallopt(malloc._M_MMAP_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+    libc.mallopt(malloc._M_TRIM_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
+    libc.malloc_trim(0)
+    malloc._malloc_tuned, malloc._libc = False, None  # the library leaves it off
+    return True
+
+
+def timed(run: Callable[[], Any]) -> tuple[float, float | None, Any]:
+    """Seconds, peak resident GiB above the starting point (None off Linux), result."""
+    malloc.release_freed_memory()
+    start = _status_gib("VmRSS")
+    _reset_peak()
+    begin = time.perf_counter()
+    result = run()
+    seconds = time.perf_counter() - begin
+    peak = _status_gib("VmHWM")
+    return seconds, (peak - start) if peak is not None and start is not None else None, result
+
+
+def alternate(variants: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, Any]]:
+    """Run every variant ``repeats`` times, interleaved; keep the fastest time and its peak."""
+    best: dict[str, dict[str, Any]] = {}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            seconds, peak, result = timed(run)
+            if name not in best or seconds < best[name]["seconds"]:
+                best[name] = {"seconds": seconds, "peak_gib": peak, "result": result}
+    return best
+
+
+def _with_chunk(size: int, run: Callable[[], Any]) -> Callable[[], Any]:
+    def call() -> Any:
+        saved = fast_decoder.PROMPT_CHUNK
+        fast_decoder.PROMPT_CHUNK = size
+        try:
+            return run()
+        finally:
+            fast_decoder.PROMPT_CHUNK = saved
+
+    return call
+
+
+def _with_chain(on: bool, run: Callable[[], Any]) -> Callable[[], Any]:
+    def call() -> Any:
+        saved = fast_decoder.CONV1_CHAIN
+        fast_decoder.CONV1_CHAIN = on
+        try:
+            return run()
+        finally:
+            fast_decoder.CONV1_CHAIN = saved
+
+    return call
+
+
+def _with_retention(on: bool, run: Callable[[], Any]) -> Callable[[], Any]:
+    def call() -> Any:
+        set_retention(on)
+        try:
+            return run()
+        finally:
+            set_retention(True)
+
+    return call
+
+
+def _difference(a: Any, b: Any) -> dict[str, float]:
+    if hasattr(a, "low_res_logits"):
+        return {
+            "max_logit_difference": float((a.low_res_logits - b.low_res_logits).abs().max()),
+            "max_iou_difference": float((a.predicted_iou - b.predicted_iou).abs().max()),
+            "mask_disagreement": float(((a.low_res_logits > 0) != (b.low_res_logits > 0)).float().mean()),
+        }
+    return {
+        "max_feature_difference": max(
+            float((x.float() - y.float()).abs().max()) for x, y in zip(a.as_list(), b.as_list())
+        )
+    }
+
+
+def run_levers(
+    sam2_dir: Path, image: Path, prompts: int, repeats: int, chunks: list[int], bfloat16: bool = True
+) -> dict[str, Any]:
+    """All lever comparisons on one SAM2 checkpoint; returns rows and the machine."""
+    stock = load_proposer(sam2_dir, device="cpu", decoder="stock", encoder="stock")
+    # The lean proposer changes its model's blocks: a second copy of the weights.
+    lean = load_proposer(sam2_dir, device="cpu", decoder="fast", encoder="lean")
+    pixels = np.asarray(Image.open(image).convert("RGB"))
+    square = proposer_input(pixels, stock.image_size)[0]
+    points = matching.point_grid(int(np.ceil(np.sqrt(prompts))), stock.image_size)[:prompts]
+    set_retention(True)
+    embedding = lean.embed(square)
+
+    def stock_decode(batch: int) -> Callable[[], Any]:
+        return lambda: decode_points_stock(
+            stock.model, embedding, points, batch_size=batch, iou_threshold=-1.0
+        )
+
+    def fast_decode() -> Any:
+        return lean.decode(embedding, points, batch_size=64, iou_threshold=-1.0)
+
+    rows: list[dict[str, Any]] = []
+
+    def add(group: str, results: dict[str, dict[str, Any]], reference: str, per: int | None) -> None:
+        base = results[reference]
+        for name, entry in results.items():
+            row = {
+                "group": group,
+                "variant": name,
+                "seconds": entry["seconds"],
+                "per_item_ms": 1000 * entry["seconds"] / per if per else None,
+                "peak_gib": entry["peak_gib"],
+                "speedup_vs_first": base["seconds"] / entry["seconds"],
+            }
+            row.update(_difference(entry["result"], base["result"]))
+            rows.append(row)
+
+    decoders = {
+        f"stock, all {prompts} prompts in one call": stock_decode(prompts),
+        "stock, batches of 16": stock_decode(16),
+        "fast, conv1 direct": _with_chain(False, fast_decode),
+        "fast, conv1 through the LayerNorm chain (default)": fast_decode,
+    }
+    add("SAM2 decoder", alternate(decoders, repeats), next(iter(decoders)), prompts)
+    chunked = {f"fast, prompt chunk {size}": _with_chunk(size, fast_decode) for size in chunks}
+    add("fast decoder chunk", alternate(chunked, repeats), next(iter(chunked)), prompts)
+    encoders = {"stock encoder": lambda: stock.embed(square), "lean encoder (default)": lambda: lean.embed(square)}
+    add("SAM2 image encoder", alternate(encoders, repeats), "stock encoder", None)
+    retention = {
+        "lean encoder, malloc retention off": _with_retention(False, lambda: lean.embed(square)),
+        "lean encoder, malloc retention on (default)": lambda: lean.embed(square),
+    }
+    add("malloc retention", alternate(retention, repeats), next(iter(retention)), None)
+    retention = {
+        "fast decoder, malloc retention off": _with_retention(False, fast_decode),
+        "fast decoder, malloc retention on (default)": fast_decode,
+    }
+    add("malloc retention", alternate(retention, repeats), next(iter(retention)), prompts)
+    if bfloat16:
+        half = Sam2Proposer(lean.model, device="cpu", dtype=torch.bfloat16, decoder="fast", encoder="lean")
+        precision = {"lean encoder, float32": lambda: lean.embed(square), "lean encoder, bfloat16": lambda: half.embed(square)}
+        add("bfloat16 autocast", alternate(precision, repeats), "lean encoder, float32", None)
+        precision = {
+            "fast decoder, float32": fast_decode,
+            "fast decoder, bfloat16": lambda: half.decode(embedding, points, batch_size=64, iou_threshold=-1.0),
+        }
+        add("bfloat16 autocast", alternate(precision, repeats), "fast decoder, float32", prompts)
+    return {
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "sam2": str(sam2_dir),
+        "prompts": prompts,
+        "repeats": repeats,
+        "rows": rows,
+    }
+
+
+def format_levers(report: dict[str, Any]) -> str:
+    lines = [
+        f"SAM2 checkpoint: {report['sam2']}; {report['prompts']} prompts; best of {report['repeats']}; "
+        f"torch {report['machine']['torch']}, {report['machine']['threads']} threads",
+        "",
+        "| lever | variant | time s | per prompt ms | x first | peak above start GiB | differs from first by |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for row in report["rows"]:
+        per = f"{row['per_item_ms']:.1f}" if row["per_item_ms"] is not None else ""
+        peak = f"{row['peak_gib']:.2f}" if row["peak_gib"] is not None else "n/a"
+        if "max_logit_difference" in row:
+            diff = (
+                f"logits {row['max_logit_difference']:.1e}, IoU {row['max_iou_difference']:.1e}, "
+                f"mask pixels {100 * row['mask_disagreement']:.3f}%"
+            )
+        else:
+            diff = f"features {row['max_feature_difference']:.1e}"
+        lines.append(
+            f"| {row['group']} | {row['variant']} | {row['seconds']:.2f} | {per} | "
+            f"{row['speedup_vs_first']:.2f}x | {peak} | {diff} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_levers.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sam2", type=Path, default=None, help="SAM2 checkpoint directory (default: random Hiera-L)")
+    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
+    parser.add_argument("--prompts", type=int, default=64, help="point prompts decoded per variant")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--chunks", type=int, nargs="+", default=[4, 8, 16, 32], help="fast decoder chunk sizes")
+    parser.add_argument("--no-bfloat16", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    sam2_dir = args.sam2
+    if sam2_dir is None:
+        from bench_models import checkpoint_dir
+
+        sam2_dir = checkpoint_dir("sam2-hiera-large")
+    report = run_levers(sam2_dir, args.image, args.prompts, args.repeats, args.chunks, not args.no_bfloat16)
+    print(format_levers(report))
+    if args.json:
+        rows = [{k: v for k, v in row.items()} for row in report["rows"]]
+        args.json.write_text(json.dumps({**report, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
