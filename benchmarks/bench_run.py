@@ -276,7 +276,11 @@ def run_configuration(spec: RunSpec) -> dict[str, Any]:
     rss = PeakRss()
     start = time.perf_counter()
     proposer = load_proposer(
-        spec.sam2_dir, device=spec.device, dtype=spec.dtype, decoder=code_path.decoder, encoder=code_path.encoder
+        spec.sam2_dir,
+        device=spec.device,
+        dtype=spec.dtype,
+        decoder=code_path.decoder,
+        encoder=code_path.encoder,
     )
     preset = get_preset(spec.preset)
     encoder = load_encoder(

@@ -310,16 +310,14 @@ def test_help_runs() -> None:
 
 def test_lever_comparisons_on_the_tiny_model(tiny_sam2_dir: Path):
     """bench_levers.py: every lever row is there, variants keep the decoder's and encoder's
-    outputs, malloc retention is switched back on afterwards."""
+    outputs."""
     import bench_levers
-
-    from refseg.models import malloc
 
     report = bench_levers.run_levers(
         tiny_sam2_dir, bench_levers.DEFAULT_IMAGE, prompts=6, repeats=1, chunks=[2, 4]
     )
     groups = [row["group"] for row in report["rows"]]
-    for group in ("SAM2 decoder", "fast decoder chunk", "SAM2 image encoder", "malloc retention", "bfloat16 autocast"):
+    for group in ("SAM2 decoder", "fast decoder chunk", "SAM2 image encoder", "bfloat16 autocast"):
         assert group in groups
     decoder_rows = [row for row in report["rows"] if row["group"] in ("SAM2 decoder", "fast decoder chunk")]
     assert len(decoder_rows) == 6
@@ -328,7 +326,6 @@ def test_lever_comparisons_on_the_tiny_model(tiny_sam2_dir: Path):
         assert row["per_item_ms"] > 0
     encoder_rows = [row for row in report["rows"] if row["group"] == "SAM2 image encoder"]
     assert max(row["max_feature_difference"] for row in encoder_rows) < 1e-5
-    assert malloc._malloc_tuned in (True, False)  # restored to the library's own state
     text = bench_levers.format_levers(report)
     assert "| SAM2 decoder | fast, conv1 through the LayerNorm chain (default) |" in text
     assert text.count("\n| ") == len(report["rows"]) + 1

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-import dataclasses
 import pytest
 import torch
 from conftest import tiny_sam2_config
@@ -12,9 +12,8 @@ from transformers import Dinov2Model, Dinov2WithRegistersModel, Sam2Config, Sam2
 
 import refseg.models.fast_decoder as fast_decoder
 import refseg.models.malloc as malloc_tuning
-from refseg.models import lean_hiera
 from refseg.errors import InvalidInputError
-from refseg.models import Encoder, Proposer
+from refseg.models import Encoder, Proposer, lean_hiera
 from refseg.models.dinov2 import Dinov2Encoder
 from refseg.models.sam2 import IMAGENET_MEAN, IMAGENET_STD, Sam2Proposer
 
@@ -289,7 +288,7 @@ def test_fast_decoder_equals_stock_with_trained_looking_norms(tiny_image, depth,
     with torch.no_grad():
         # Every decoder parameter random and O(1) (the tiny init gives logits ~1e-5), norms
         # around 1 with non-zero biases.
-        for name, parameter in model.mask_decoder.named_parameters():
+        for parameter in model.mask_decoder.parameters():
             noise = torch.randn(parameter.shape, generator=generator)
             fan_in = parameter[0].numel() if parameter.dim() > 1 else 1
             parameter.copy_(noise / fan_in**0.5 if parameter.dim() > 1 else 0.3 * noise)

@@ -54,6 +54,7 @@ UPSCALE_CHUNK = 4
 # direct product (for comparison: benchmarks/bench_levers.py, tests).
 CONV1_CHAIN = True
 
+
 @dataclass
 class _Conv1Chain:
     """The first upscaling convolution pushed back through the image-side LayerNorms.
@@ -219,7 +220,7 @@ def _conv1_chain(
         image_product=keys @ maps[0] - image_mean * row_sums[0],
         maps=maps,
         row_sums=row_sums,
-        bias_terms=[norm.bias @ m for norm, m in zip(norms[:-1], maps[1:])],
+        bias_terms=[norm.bias @ m for norm, m in zip(norms[:-1], maps[1:], strict=True)],
         feat_s1=feat_s1 + norms[-1].bias @ conv1_weight,
     )
 
@@ -236,7 +237,10 @@ def _conv1_through_chain(chain: _Conv1Chain, trace: _ImageTrace, rows: slice | t
     for index in range(1, len(trace.probs)):
         scale = scale / rstds[index - 1]
         # Token rows of P_l, then the mean and bias columns, all scaled by c_l: (k, heads*T + 2, HW).
-        left = torch.cat([trace.probs[index][rows], -trace.means[index][rows].transpose(1, 2), torch.ones_like(scale)], dim=1)
+        left = torch.cat(
+            [trace.probs[index][rows], -trace.means[index][rows].transpose(1, 2), torch.ones_like(scale)],
+            dim=1,
+        )
         left.mul_(scale)
         right = torch.cat(
             [

@@ -161,7 +161,9 @@ def make_lean(model: torch.nn.Module) -> int:
     return changed
 
 
-def _fpn_features(neck: modeling_sam2.Sam2VisionNeck, hidden_states: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+def _fpn_features(
+    neck: modeling_sam2.Sam2VisionNeck, hidden_states: tuple[torch.Tensor, ...]
+) -> list[torch.Tensor]:
     """The feature half of ``Sam2VisionNeck.forward`` (transformers 5), low to high resolution."""
     last = len(neck.convs) - 1
     features, previous = [], None

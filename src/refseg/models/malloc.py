@@ -21,11 +21,19 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import sys
 
 logger = logging.getLogger(__name__)
 
-RETAIN_FREED_MEMORY = True
+# REFSEG_RETAIN_FREED_MEMORY=0 (or 1) in the environment decides at import; the default is on.
+RETAIN_FREED_MEMORY = os.environ.get("REFSEG_RETAIN_FREED_MEMORY", "1").strip() not in (
+    "0",
+    "false",
+    "no",
+    "off",
+    "",
+)
 MALLOC_MMAP_THRESHOLD_BYTES = 1 << 30  # blocks below this come from the heap, not fresh mmaps
 MALLOC_TRIM_THRESHOLD_BYTES = (1 << 31) - 1  # free heap memory kept before returning it to the kernel
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameter numbers (malloc.h)
