@@ -10,9 +10,10 @@ from __future__ import annotations
 import os as _os
 
 # 2 MiB transparent huge pages for large CPU tensors. torch reads this once, when it is first
-# imported, so it applies when refseg is imported before torch (as by the CLI). With the fast
-# decoder's malloc settings it keeps the paper preset's peak RSS near 3.1 GiB instead of
-# 4.9-6.4 GiB on CPU (docs/speed.md). A value the user already set wins.
+# imported, so it applies when refseg is imported before torch (as by the CLI). With the malloc
+# retention of models/malloc.py it kept the paper preset's peak RSS at 3.15 GiB instead of
+# 4.9-6.4 GiB on CPU (docs/speed.md, measured before the lean encoder). A value the user
+# already set wins.
 _os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 __version__ = "0.1.0"
