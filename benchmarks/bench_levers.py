@@ -11,7 +11,9 @@ variants so that a noisy machine affects them alike, and keeping the fastest of 
   decoder's prompt chunk sizes;
 - image encoder: transformers' forward and refseg's lean one (time and working set, i.e. peak
   resident memory above the weights);
-- bfloat16 autocast of the encoder and the decoder.
+- bfloat16 autocast of the encoder and the decoder;
+- with ``--torch-compile`` (needs a C++ compiler; ~20 s of compiling per shape), the fast
+  decoder's two-way transformer (8 prompts) and its upscaling (4 prompts) eager and compiled.
 
 glibc malloc retention (models/malloc.py) is not among them: switched off and on inside one
 process, freed heap chunks from the "on" phases are still reused, so both variants measured
@@ -144,8 +146,72 @@ def _difference(a: Any, b: Any) -> dict[str, float]:
     }
 
 
+def add_compile_rows(
+    proposer: Sam2Proposer, embedding: Any, points: torch.Tensor, repeats: int, add: Callable[..., None]
+) -> None:
+    """torch.compile (inductor, static shapes) of the fast decoder's two parts, on fixed chunks."""
+    model = proposer.model
+    with torch.inference_mode():
+        context = fast_decoder._prepare_image(model, embedding)
+        chunk = points[: fast_decoder.PROMPT_CHUNK]
+        n = chunk.shape[0]
+        sparse, _ = model.prompt_encoder(
+            input_points=chunk.view(1, n, 1, 2),
+            input_labels=torch.ones((1, n, 1), dtype=torch.int32),
+            input_boxes=None,
+            input_masks=None,
+        )
+        outputs = [1, *range(3, 2 + model.mask_decoder.num_mask_tokens)]
+        queries, keys, trace = fast_decoder._run_transformer(model, context, sparse[0], outputs)
+        k = min(n, fast_decoder.UPSCALE_CHUNK)
+        hyper = torch.randn(
+            (k, model.mask_decoder.config.hidden_size // 8), generator=torch.Generator().manual_seed(0)
+        )
+        rows = slice(0, k)
+        parts = {
+            "two-way transformer": (
+                fast_decoder._run_transformer,
+                (model, context, sparse[0], outputs),
+                n,
+                lambda result: result[0],
+            ),
+            "upscaling": (
+                fast_decoder._upscale_masks,
+                (model, context, keys, hyper, trace, rows),
+                k,
+                lambda r: r,
+            ),
+        }
+        for name, (function, arguments, count, output) in parts.items():
+            start = time.perf_counter()
+            compiled = torch.compile(function, dynamic=False)
+            compiled(*arguments)
+            compile_seconds = time.perf_counter() - start
+            variants = {
+                f"{name}, eager": lambda f=function, a=arguments, o=output: _Tensor(o(f(*a))),
+                f"{name}, torch.compile ({compile_seconds:.0f} s to compile)": lambda f=compiled, a=arguments, o=output: (
+                    _Tensor(o(f(*a)))
+                ),
+            }
+            add("torch.compile", alternate(variants, repeats), next(iter(variants)), count)
+
+
+class _Tensor:
+    """A tensor result compared like proposals' logits (max difference, sign agreement)."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.low_res_logits = tensor.float()
+        self.predicted_iou = torch.zeros(1)
+
+
 def run_levers(
-    sam2_dir: Path, image: Path, prompts: int, repeats: int, chunks: list[int], bfloat16: bool = True
+    sam2_dir: Path,
+    image: Path,
+    prompts: int,
+    repeats: int,
+    chunks: list[int],
+    bfloat16: bool = True,
+    torch_compile: bool = False,
 ) -> dict[str, Any]:
     """All lever comparisons on one SAM2 checkpoint; returns rows and the machine."""
     stock = load_proposer(sam2_dir, device="cpu", decoder="stock", encoder="stock")
@@ -208,6 +274,8 @@ def run_levers(
             ),
         }
         add("bfloat16 autocast", alternate(precision, repeats), "fast decoder, float32", prompts)
+    if torch_compile:
+        add_compile_rows(lean, embedding, points, repeats, add)
     return {
         "machine": {
             "processor": platform.processor() or platform.machine(),
@@ -260,6 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         "--chunks", type=int, nargs="+", default=[4, 8, 16, 32], help="fast decoder chunk sizes"
     )
     parser.add_argument("--no-bfloat16", action="store_true")
+    parser.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="also time torch.compile of the decoder (needs a C++ compiler)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     sam2_dir = args.sam2
@@ -267,7 +340,15 @@ def main(argv: list[str] | None = None) -> int:
         from bench_models import checkpoint_dir
 
         sam2_dir = checkpoint_dir("sam2-hiera-large")
-    report = run_levers(sam2_dir, args.image, args.prompts, args.repeats, args.chunks, not args.no_bfloat16)
+    report = run_levers(
+        sam2_dir,
+        args.image,
+        args.prompts,
+        args.repeats,
+        args.chunks,
+        not args.no_bfloat16,
+        args.torch_compile,
+    )
     print(format_levers(report))
     if args.json:
         rows = [{k: v for k, v in row.items()} for row in report["rows"]]
