@@ -227,6 +227,36 @@ def test_lean_hiera_changes_only_hiera_blocks(tiny_sam2_dir):
         Sam2Proposer(other, device="cpu", encoder="fast")
 
 
+def test_lean_encoder_that_differs_falls_back_to_stock(tiny_sam2_dir, tiny_image, monkeypatch):
+    """On a transformers version where the lean forward no longer matches, the proposer warns,
+    says encoder='stock' and gives the stock features."""
+    model = Sam2Model.from_pretrained(tiny_sam2_dir)
+    expected = Sam2Proposer(model, device="cpu", encoder="stock").embed(tiny_image)
+    monkeypatch.setattr(lean_hiera, "_mlp_forward", lambda self, hidden: torch.zeros_like(hidden))
+    with pytest.warns(RuntimeWarning, match="lean SAM2 image encoder does not match"):
+        proposer = Sam2Proposer(model, device="cpu", encoder="lean")
+    assert proposer.encoder == "stock"
+    assert not any(hasattr(block, "_stock_forward") for block in model.modules())
+    torch.testing.assert_close(proposer.embed(tiny_image).image_embeddings, expected.image_embeddings)
+
+
+def test_fast_decoder_that_differs_or_fails_falls_back_to_stock(tiny_sam2_dir, monkeypatch):
+    model = Sam2Model.from_pretrained(tiny_sam2_dir)
+    assert Sam2Proposer(model, device="cpu").decoder == "fast"
+    original = fast_decoder._upscale_masks
+    monkeypatch.setattr(fast_decoder, "_upscale_masks", lambda *args: original(*args) + 1.0)
+    with pytest.warns(RuntimeWarning, match="mask logits differ"):
+        assert Sam2Proposer(model, device="cpu").decoder == "stock"
+
+    def broken(*args):
+        raise AttributeError("'Sam2MaskDecoder' object has no attribute 'iou_token'")
+
+    monkeypatch.setattr(fast_decoder, "_run_transformer", broken)
+    with pytest.warns(RuntimeWarning, match="AttributeError"):
+        assert Sam2Proposer(model, device="cpu").decoder == "stock"
+    assert Sam2Proposer(model, device="cpu", check=False).decoder == "fast"  # no check: as asked
+
+
 # ---------------------------------------------------------------------------- fast decoder
 
 

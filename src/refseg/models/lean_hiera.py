@@ -23,6 +23,7 @@ classes are left alone.
 from __future__ import annotations
 
 import types
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -193,3 +194,70 @@ def image_embeddings(model: torch.nn.Module, pixel_values: torch.Tensor) -> list
     maps[1] = model.mask_decoder.conv_s1(maps[1])
     maps[-1] = maps[-1] + model.no_memory_embedding.reshape(1, -1, 1, 1)
     return maps
+
+
+def make_stock(model: torch.nn.Module) -> int:
+    """Undo :func:`make_lean` on ``model``: its blocks get transformers' forwards back.
+
+    Returns:
+        How many blocks were changed back.
+    """
+    changed = 0
+    for block in model.modules():
+        if isinstance(block, modeling_sam2.Sam2MultiScaleBlock) and hasattr(block, "_stock_forward"):
+            for module in (block, block.attn, block.mlp):
+                module.__dict__.pop("forward", None)
+            del block._stock_forward
+            changed += 1
+    return changed
+
+
+# Input side of the self-check: small enough to be cheap (Hiera-L: ~0.2 s per forward on 2 CPU
+# cores), large enough for windows, query pooling and padded windows in every stage.
+CHECK_SIZE = 128
+
+
+@torch.inference_mode()
+def lean_or_stock(model: torch.nn.Module, tolerance: float = 1e-4) -> str:
+    """Make ``model`` lean if the lean forward reproduces the stock one on a small random image.
+
+    The lean forward is written against transformers' SAM2 modules as of transformers 5; on
+    another version a difference would show here. The stock features (``vision_encoder``, FPN
+    levels) are computed first, then the blocks are made lean and the same input is run again.
+
+    Returns:
+        "lean", or "stock" (with a warning naming the difference) when the check fails; the
+        model is then left with its stock forwards.
+    """
+    parameter = next(model.parameters())
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn((1, 3, CHECK_SIZE, CHECK_SIZE), generator=generator).to(
+        parameter.device, parameter.dtype
+    )
+    vision = model.vision_encoder
+    problem = None
+    try:
+        expected = vision(pixels).fpn_hidden_states
+        make_lean(model)
+        backbone = vision.backbone(pixels)
+        got = _fpn_features(vision.neck, backbone.intermediate_hidden_states)[-vision.num_feature_levels :][
+            ::-1
+        ]
+        for level, (a, b) in enumerate(zip(got, expected, strict=True)):
+            scale = float(b.abs().max()) or 1.0
+            difference = float((a - b).abs().max()) / scale
+            if a.shape != b.shape or not difference <= tolerance:
+                problem = f"FPN level {level} differs by {difference:.1e} (relative)"
+                break
+    except Exception as error:  # noqa: BLE001 - any failure means: do not use it
+        problem = f"{type(error).__name__}: {error}"
+    if problem is None:
+        return "lean"
+    make_stock(model)
+    warnings.warn(
+        f"refseg's lean SAM2 image encoder does not match this transformers version ({problem}); "
+        "using transformers' own forward (same results, more memory).",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return "stock"

@@ -153,8 +153,13 @@ class Sam2Proposer:
             ``"stock"`` (``Sam2Model.forward``, the straightforward path).
         encoder: ``"lean"`` (default: the Hiera blocks get the forwards of
             :mod:`refseg.models.lean_hiera`, same outputs in less memory; changes ``model``) or
-            ``"stock"``.
+            ``"stock"``. The choice is made on ``model`` itself: the last proposer built on
+            a model decides for every proposer sharing it.
         name: where the weights came from (hub id or directory), for messages.
+        check: compare the fast decoder and the lean encoder with transformers' own on small
+            random inputs first (~0.5 s for the large model on CPU) and fall back to the stock
+            ones, with a RuntimeWarning, where they differ (another transformers version).
+            ``decoder`` and ``encoder`` then say what is used.
     """
 
     def __init__(
@@ -166,6 +171,7 @@ class Sam2Proposer:
         decoder: DecoderName = "fast",
         encoder: EncoderName = "lean",
         name: str = "sam2",
+        check: bool = True,
     ) -> None:
         if decoder not in ("fast", "stock"):
             raise ValueError(f"decoder must be 'fast' or 'stock', not {decoder!r}")
@@ -176,10 +182,25 @@ class Sam2Proposer:
         self.dtype = dtype
         self.decoder = decoder
         self.encoder = encoder
-        if encoder == "lean":
+        if check:
+            # The fast and lean paths use transformers' SAM2 internals: check them once on
+            # small random inputs, fall back (with a warning) if this version differs.
+            if decoder == "fast":
+                from .fast_decoder import fast_or_stock
+
+                self.decoder = fast_or_stock(self.model)
+            if encoder == "lean":
+                from .lean_hiera import lean_or_stock
+
+                self.encoder = lean_or_stock(self.model)
+        elif encoder == "lean":
             from .lean_hiera import make_lean
 
             make_lean(self.model)
+        if self.encoder == "stock":  # the model may have been made lean by another proposer
+            from .lean_hiera import make_stock
+
+            make_stock(self.model)
         self.name = name
         prompt_config = model.config.prompt_encoder_config
         self.image_size: int = int(prompt_config.image_size)
