@@ -108,26 +108,17 @@ def alternate(variants: dict[str, Callable[[], Any]], repeats: int) -> dict[str,
     return best
 
 
-def _with_chunk(size: int, run: Callable[[], Any]) -> Callable[[], Any]:
+def _with_setting(name: str, value: Any, run: Callable[[], Any]) -> Callable[[], Any]:
+    """``run`` with the fast decoder's module setting ``name`` (PROMPT_CHUNK, CONV1_CHAIN) set
+    to ``value`` for the call."""
+
     def call() -> Any:
-        saved = fast_decoder.PROMPT_CHUNK
-        fast_decoder.PROMPT_CHUNK = size
+        saved = getattr(fast_decoder, name)
+        setattr(fast_decoder, name, value)
         try:
             return run()
         finally:
-            fast_decoder.PROMPT_CHUNK = saved
-
-    return call
-
-
-def _with_chain(on: bool, run: Callable[[], Any]) -> Callable[[], Any]:
-    def call() -> Any:
-        saved = fast_decoder.CONV1_CHAIN
-        fast_decoder.CONV1_CHAIN = on
-        try:
-            return run()
-        finally:
-            fast_decoder.CONV1_CHAIN = saved
+            setattr(fast_decoder, name, saved)
 
     return call
 
@@ -249,11 +240,13 @@ def run_levers(
     decoders = {
         f"stock, all {prompts} prompts in one call": stock_decode(prompts),
         "stock, batches of 16": stock_decode(16),
-        "fast, conv1 direct": _with_chain(False, fast_decode),
+        "fast, conv1 direct": _with_setting("CONV1_CHAIN", False, fast_decode),
         "fast, conv1 through the LayerNorm chain (default)": fast_decode,
     }
     add("SAM2 decoder", alternate(decoders, repeats), next(iter(decoders)), prompts)
-    chunked = {f"fast, prompt chunk {size}": _with_chunk(size, fast_decode) for size in chunks}
+    chunked = {
+        f"fast, prompt chunk {size}": _with_setting("PROMPT_CHUNK", size, fast_decode) for size in chunks
+    }
     add("fast decoder chunk", alternate(chunked, repeats), next(iter(chunked)), prompts)
     encoders = {
         "stock encoder": lambda: stock.embed(square),
