@@ -502,7 +502,7 @@ def decode_points_fast(
     hypernetworks = decoder.output_hypernetworks_mlps[first_mask:]
     chunk_size = max(1, min(batch_size, PROMPT_CHUNK))
     # Survivors' logits are written straight into one buffer (no list + cat: that doubled the
-    # peak at 268 MB for 1024 prompts); a narrowed view of it is returned.
+    # peak at 268 MB for 1024 prompts).
     mask_size = 4 * context.height
     logits = torch.empty((points.shape[0], mask_size, 4 * context.width), dtype=torch.float32)
     filled = 0
@@ -541,7 +541,10 @@ def decode_points_fast(
             filled += masks.shape[0]
     if not filled:
         return empty_proposals(mask_size)
-    return Proposals(logits[:filled], torch.cat(iou_parts), torch.cat(point_parts))
+    # A view of the buffer when most prompts survived; a copy when most did not, so the rest of
+    # the buffer is not held through the later stages.
+    kept_logits = logits[:filled] if 2 * filled > points.shape[0] else logits[:filled].clone()
+    return Proposals(kept_logits, torch.cat(iou_parts), torch.cat(point_parts))
 
 
 CHECK_POINTS = ((100.0, 200.0), (600.0, 300.0), (900.0, 900.0))
