@@ -87,11 +87,12 @@ def _block_forward(self: modeling_sam2.Sam2MultiScaleBlock, hidden_states: torch
     normalised tokens of the last band are padded with zeros to whole windows, and the
     padded rows and columns are dropped after attention.
     """
-    if self.window_size == 0:
+    stride = self.query_stride[0] if self.query_stride else 1
+    if self.window_size == 0 or self.window_size % stride or (stride > 1) != (self.dim != self.dim_out):
+        # Global attention, or a pooling that would not line up with the bands: stock forward.
         return self._stock_forward(hidden_states, **kwargs)
     batch, height, width, _ = hidden_states.shape
     window = self.window_size
-    stride = self.query_stride[0] if self.query_stride else 1
     out_window = window // stride
     padded_width = width + (-width) % window
     windows_per_row = padded_width // window

@@ -2,10 +2,10 @@
 
 PyTorch's CPU tensors come from the C library's ``malloc``. glibc serves blocks above its mmap
 threshold (at most 32 MiB) with fresh ``mmap`` calls and unmaps them on ``free``, so every
-new large temporary is page-faulted and zeroed by the kernel on first touch. SAM2's image
-encoder and point decoder allocate and free tens-of-MiB temporaries hundreds of times per
-image; that zeroing cost more than some of the arithmetic (a LayerNorm over 16 x 4096 x 256
-took 40 ms instead of 8 ms, and the Hiera-L encoder about 2 s more per image).
+new large temporary is page-faulted and zeroed by the kernel on first touch. SAM2's point
+decoder allocates and frees tens-of-MiB temporaries hundreds of times per image: with
+retention off (``REFSEG_RETAIN_FREED_MEMORY=0``) the stage benchmark's paper decode took 22.9 s
+instead of 16.1 s, the fast preset's 5.7 s instead of 4.3 s (docs/speed.md).
 
 - :func:`retain_freed_memory` (once per process, before the first heavy stage) raises the
   mmap and trim thresholds so freed blocks stay in the heap and are reused.

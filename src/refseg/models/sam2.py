@@ -157,7 +157,7 @@ class Sam2Proposer:
             a model decides for every proposer sharing it.
         name: where the weights came from (hub id or directory), for messages.
         check: compare the fast decoder and the lean encoder with transformers' own on small
-            random inputs first (~0.5 s for the large model on CPU) and fall back to the stock
+            random inputs first (~1 s for Hiera-L on 2 CPU cores) and fall back to the stock
             ones, with a RuntimeWarning, where they differ (another transformers version).
             ``decoder`` and ``encoder`` then say what is used.
     """
@@ -229,7 +229,7 @@ class Sam2Proposer:
         """
         self._check_image(image)
         if self.device.type == "cpu" and self.encoder == "lean":
-            retain_freed_memory()  # ~2 s of page faults less per Hiera-L image (models/malloc.py)
+            retain_freed_memory()  # from the first heavy stage on (models/malloc.py)
         pixels = imagenet_normalize(image.to(self.device, torch.float32))[None]
         with self._autocast():
             if self.encoder == "lean":
