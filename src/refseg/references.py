@@ -6,9 +6,10 @@ and reported, never fatal.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -75,11 +76,30 @@ def add_coco_references(
 
     names = {int(c["id"]): str(c["name"]) for c in coco.get("categories", [])}
     images = {int(i["id"]): i for i in coco.get("images", [])}
-    report = MemoryBuildReport()
-    cached: tuple[int, np.ndarray] | None = None
-    annotations = list(coco.get("annotations", []))
-    bar = progress_bar(len(annotations), 0, enabled=progress, desc="memory", unit="ref")
-    try:
+    cached: tuple[int, np.ndarray] | None = None  # the last image read: annotations come grouped
+
+    def add(annotation: Mapping[str, Any], image_id: int, info: Mapping[str, Any], source: dict) -> None:
+        nonlocal cached
+        name = names.get(int(annotation["category_id"]))
+        if name is None:
+            raise InvalidInputError(f"unknown category id {annotation['category_id']}")
+        if not info:
+            raise InvalidInputError(f"image {image_id} is not in the json's images")
+        if int(annotation.get("iscrowd", 0)):
+            raise InvalidInputError("a crowd region is not one object")
+        if cached is None or cached[0] != image_id:
+            cached = (image_id, load_image(image_path(info, images_dir)))
+        pixels = cached[1]
+        if has_segmentation(annotation):
+            mask = annotation_to_mask(annotation, *pixels.shape[:2])
+            segmenter.add_reference(pixels, name, mask=mask, source=source)
+        elif "bbox" in annotation:
+            x, y, w, h = (float(v) for v in annotation["bbox"])
+            segmenter.add_reference(pixels, name, box=(x, y, x + w, y + h), source=source)
+        else:
+            raise InvalidInputError("the annotation has neither a segmentation nor a bbox")
+
+    def jobs() -> Iterator[tuple[dict, Any, Callable[[], None]]]:
         for annotation in annotations:
             image_id = int(annotation["image_id"])
             info = images.get(image_id, {})
@@ -88,37 +108,40 @@ def add_coco_references(
                 "annotation_id": annotation.get("id"),
                 "file_name": info.get("file_name"),
             }
+            yield source, source, functools.partial(add, annotation, image_id, info, source)
+
+    annotations = list(coco.get("annotations", []))
+    report = _add_each(jobs(), len(annotations), progress)
+    _set_category_ids(segmenter.memory, {name: category_id for category_id, name in names.items()})
+    return report
+
+
+def _add_each(
+    jobs: Iterable[tuple[dict, Any, Callable[[], None]]], total: int, progress: bool
+) -> MemoryBuildReport:
+    """Run each ``(source, label, add)`` job under a progress bar; a job that raises a
+    RefsegError is skipped, logged under ``label`` and reported with its ``source``."""
+    report = MemoryBuildReport()
+    bar = progress_bar(total, 0, enabled=progress, desc="memory", unit="ref")
+    try:
+        for source, label, add in jobs:
             try:
-                name = names.get(int(annotation["category_id"]))
-                if name is None:
-                    raise InvalidInputError(f"unknown category id {annotation['category_id']}")
-                if not info:
-                    raise InvalidInputError(f"image {image_id} is not in the json's images")
-                if int(annotation.get("iscrowd", 0)):
-                    raise InvalidInputError("a crowd region is not one object")
-                if cached is None or cached[0] != image_id:
-                    cached = (image_id, load_image(image_path(info, images_dir)))
-                pixels = cached[1]
-                if has_segmentation(annotation):
-                    mask = annotation_to_mask(annotation, *pixels.shape[:2])
-                    segmenter.add_reference(pixels, name, mask=mask, source=source)
-                elif "bbox" in annotation:
-                    x, y, w, h = (float(v) for v in annotation["bbox"])
-                    segmenter.add_reference(pixels, name, box=(x, y, x + w, y + h), source=source)
-                else:
-                    raise InvalidInputError("the annotation has neither a segmentation nor a bbox")
+                add()
                 report.added += 1
             except RefsegError as error:
                 report.skipped.append({"source": source, "reason": str(error)})
-                logger.warning("Reference %s skipped: %s", source, error)
+                logger.warning("Reference %s skipped: %s", label, error)
             bar.update(1)
     finally:
         bar.close()
-    bank = segmenter.memory
-    for category_id, name in names.items():
+    return report
+
+
+def _set_category_ids(bank: Any, category_ids: Mapping[str, int]) -> None:
+    """Give each class present in ``bank`` its category id."""
+    for name, category_id in category_ids.items():
         if name in bank.class_names:
             bank.set_category_id(name, category_id)
-    return report
 
 
 MASK_SUFFIXES = (".mask", "_mask")
@@ -177,26 +200,19 @@ def add_folder_references(
     and reported.
     """
     triples, missing = folder_references(folder)
-    report = MemoryBuildReport(skipped=list(missing))
-    bar = progress_bar(len(triples), 0, enabled=progress, desc="memory", unit="ref")
-    try:
+
+    def add(class_name: str, image: Path, mask_file: Path, source: dict) -> None:
+        segmenter.add_reference(load_image(image), class_name, mask=read_mask(mask_file), source=source)
+
+    def jobs() -> Iterator[tuple[dict, Any, Callable[[], None]]]:
         for class_name, image, mask_file in triples:
             source = {"file": str(image), "mask_file": str(mask_file)}
-            try:
-                pixels = load_image(image)
-                mask = read_mask(mask_file)
-                segmenter.add_reference(pixels, class_name, mask=mask, source=source)
-                report.added += 1
-            except RefsegError as error:
-                report.skipped.append({"source": source, "reason": str(error)})
-                logger.warning("Reference %s skipped: %s", image, error)
-            bar.update(1)
-    finally:
-        bar.close()
-    bank = segmenter.memory
-    for index, name in enumerate(sorted({c for c, _, _ in triples})):
-        if name in bank.class_names:
-            bank.set_category_id(name, index + 1)
+            yield source, image, functools.partial(add, class_name, image, mask_file, source)
+
+    report = _add_each(jobs(), len(triples), progress)
+    report.skipped[:0] = missing
+    classes = sorted({c for c, _, _ in triples})
+    _set_category_ids(segmenter.memory, {name: index + 1 for index, name in enumerate(classes)})
     return report
 
 
