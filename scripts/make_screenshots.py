@@ -30,58 +30,29 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # tiny_models.py and chromium.py: no side effects on import
+
+from chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+
 EXAMPLE = ROOT / "examples" / "coins"
 REFERENCE = EXAMPLE / "references" / "coin" / "coins_top.png"
 REFERENCE_MASK = EXAMPLE / "references" / "coin" / "coins_top.mask.png"
 TARGET = EXAMPLE / "targets" / "coins_bottom.png"
 GROUND_TRUTH = EXAMPLE / "targets_gt.json"
 RANDOM_BANNER = "tiny RANDOM-weight models: this shows how refseg draws results, not what it finds"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 logger = logging.getLogger("make_screenshots")
 
 
 def tiny_random_models(folder: Path) -> tuple[Path, Path]:
-    """Save a tiny random SAM2 (real 1024 input) and DINOv2 (518 input) under ``folder``."""
+    """Save a tiny random SAM2 (real 1024 input) and DINOv2 (518 input) under ``folder``: the
+    test suite's tiny configurations (tests/tiny_models.py)."""
     import torch
-    from transformers import Dinov2Config, Dinov2Model, Sam2Config, Sam2Model
+    from tiny_models import tiny_dinov2_config, tiny_sam2_config
+    from transformers import Dinov2Model, Sam2Model
 
     torch.manual_seed(0)
-    backbone = dict(
-        model_type="sam2_hiera_det_model",
-        hidden_size=8,
-        num_attention_heads=1,
-        blocks_per_stage=[1, 1, 2, 1],
-        embed_dim_per_stage=[8, 16, 32, 64],
-        num_attention_heads_per_stage=[1, 1, 1, 1],
-        window_size_per_stage=[8, 4, 14, 7],
-        global_attention_blocks=[3],
-    )
-    sam2 = Sam2Config(
-        vision_config=dict(
-            model_type="sam2_vision_model",
-            backbone_config=backbone,
-            backbone_channel_list=[64, 32, 16, 8],
-            fpn_hidden_size=16,
-        ),
-        prompt_encoder_config=dict(hidden_size=16, image_size=1024, patch_size=16),
-        mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_attention_heads=2, iou_head_hidden_dim=16),
-        initializer_range=0.15,
-    )
-    Sam2Model(sam2).save_pretrained(folder / "sam2")
-    dinov2 = Dinov2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=518, patch_size=14
-    )
-    Dinov2Model(dinov2).save_pretrained(folder / "dinov2")
+    Sam2Model(tiny_sam2_config()).save_pretrained(folder / "sam2")
+    Dinov2Model(tiny_dinov2_config()).save_pretrained(folder / "dinov2")
     return folder / "sam2", folder / "dinov2"
 
 
@@ -130,7 +101,7 @@ def app_screenshot(segmenter, reference_box: str, path: Path, banner: str | None
     url = launch(demo, host="127.0.0.1", port=port, block=False, quiet=True)
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(300_000)
             expect.set_options(timeout=300_000)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_sam2_config
+from tiny_models import tiny_sam2_config
 from transformers import Dinov2Model, Dinov2WithRegistersModel, Sam2Config, Sam2Model
 
 import refseg.models.fast_decoder as fast_decoder
