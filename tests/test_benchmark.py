@@ -329,3 +329,23 @@ def test_lever_comparisons_on_the_tiny_model(tiny_sam2_dir: Path):
     text = bench_levers.format_levers(report)
     assert "| SAM2 decoder | fast, conv1 through the LayerNorm chain (default) |" in text
     assert text.count("\n| ") == len(report["rows"]) + 1
+
+
+def test_decoder_parts_timer_reports_and_restores(tiny_models, tiny_image):
+    """profile_stages.py's per-function timers cover every decoder part and are removed after."""
+    import profile_stages
+
+    from refseg.models import fast_decoder
+
+    proposer, _ = tiny_models
+    embedding = proposer.embed(tiny_image)
+    points = matching.point_grid(3, proposer.image_size)
+    before = {name: getattr(fast_decoder, name) for name in profile_stages.DECODER_PARTS}
+    text = profile_stages._decoder_parts(
+        lambda: proposer.decode(embedding, points, batch_size=4, iou_threshold=-1.0), len(points)
+    )
+    assert text.startswith("whole decode: ")
+    for name in profile_stages.DECODER_PARTS:
+        assert getattr(fast_decoder, name) is before[name]
+        line = next(line for line in text.splitlines() if line.startswith(name + " "))
+        assert float(line.split()[1]) > 0
