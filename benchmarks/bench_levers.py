@@ -7,7 +7,8 @@ SAM2 (the ``paper`` preset's Hiera-L by default) and one embedded image, alterna
 variants so that a noisy machine affects them alike, and keeping the fastest of the repeats:
 
 - decoder: stock ``Sam2Model.forward`` with all prompts in one call (the paper's way), stock in
-  batches of 16, refseg's fast decoder without and with the conv1 chain, and the fast
+  batches of 16, refseg's fast decoder without and with the conv1 chain, with the image tokens
+  built per prompt and as low-rank descriptions (models/low_rank_tokens.py), and the fast
   decoder's prompt chunk sizes;
 - image encoder: transformers' forward and refseg's lean one (time and working set, i.e. peak
   resident memory above the weights);
@@ -109,7 +110,8 @@ def alternate(variants: dict[str, Callable[[], Any]], repeats: int) -> dict[str,
 
 
 def _with_setting(name: str, value: Any, run: Callable[[], Any]) -> Callable[[], Any]:
-    """``run`` with the fast decoder's module setting ``name`` (PROMPT_CHUNK, CONV1_CHAIN) set
+    """``run`` with the fast decoder's module setting ``name`` (PROMPT_CHUNK, CONV1_CHAIN,
+    LOW_RANK_TOKENS) set
     to ``value`` for the call."""
 
     def call() -> Any:
@@ -241,7 +243,10 @@ def run_levers(
         f"stock, all {prompts} prompts in one call": stock_decode(prompts),
         "stock, batches of 16": stock_decode(16),
         "fast, conv1 direct": _with_setting("CONV1_CHAIN", False, fast_decode),
-        "fast, conv1 through the LayerNorm chain (default)": fast_decode,
+        "fast, conv1 through the LayerNorm chain, tokens built": _with_setting(
+            "LOW_RANK_TOKENS", False, fast_decode
+        ),
+        "fast, conv1 chain and low-rank tokens (default)": fast_decode,
     }
     add("SAM2 decoder", alternate(decoders, repeats), next(iter(decoders)), prompts)
     chunked = {

@@ -47,14 +47,14 @@ from refseg.models import fast_decoder  # noqa: E402
 from refseg.models.loading import load_encoder, load_proposer  # noqa: E402
 from refseg.preprocess import encoder_input, proposer_input  # noqa: E402
 
+# The functions of the fast decoder's default float32 path (low-rank tokens, conv1 chain).
 DECODER_PARTS = (
     "_prepare_image",
-    "_run_transformer",
+    "_run_transformer_low_rank",
     "_tokens_to_shared_image",
-    "_tokens_to_image",
     "_image_to_tokens_probs",
+    "_tokens_to_low_rank_image",
     "_image_to_tokens_values",
-    "_image_to_tokens_update",
     "_upscale_masks",
     "_conv1_through_chain",
 )

@@ -320,14 +320,14 @@ def test_lever_comparisons_on_the_tiny_model(tiny_sam2_dir: Path):
     for group in ("SAM2 decoder", "fast decoder chunk", "SAM2 image encoder", "bfloat16 autocast"):
         assert group in groups
     decoder_rows = [row for row in report["rows"] if row["group"] in ("SAM2 decoder", "fast decoder chunk")]
-    assert len(decoder_rows) == 6
+    assert len(decoder_rows) == 7  # 5 decoders, 2 chunk sizes
     for row in decoder_rows:
         assert row["max_logit_difference"] < 1e-5 and row["max_iou_difference"] < 1e-5
         assert row["per_item_ms"] > 0
     encoder_rows = [row for row in report["rows"] if row["group"] == "SAM2 image encoder"]
     assert max(row["max_feature_difference"] for row in encoder_rows) < 1e-5
     text = bench_levers.format_levers(report)
-    assert "| SAM2 decoder | fast, conv1 through the LayerNorm chain (default) |" in text
+    assert "| SAM2 decoder | fast, conv1 chain and low-rank tokens (default) |" in text
     assert text.count("\n| ") == len(report["rows"]) + 1
 
 

@@ -252,6 +252,7 @@ def test_fast_decoder_that_differs_or_fails_falls_back_to_stock(tiny_sam2_dir, m
         raise AttributeError("'Sam2MaskDecoder' object has no attribute 'iou_token'")
 
     monkeypatch.setattr(fast_decoder, "_run_transformer", broken)
+    monkeypatch.setattr(fast_decoder, "_run_transformer_low_rank", broken)
     with pytest.warns(RuntimeWarning, match="AttributeError"):
         assert Sam2Proposer(model, device="cpu").decoder == "stock"
     assert Sam2Proposer(model, device="cpu", check=False).decoder == "fast"  # no check: as asked
@@ -289,6 +290,7 @@ def test_fast_decoder_equals_stock_with_more_heads(tiny_image):
     )
     stock = Sam2Proposer(model, device="cpu", decoder="stock")
     fast = Sam2Proposer(model, device="cpu", decoder="fast")
+    assert fast.decoder == "fast"
     embedding = stock.embed(tiny_image)
     points = grid_points(3)
     expected = stock.decode(embedding, points, batch_size=4, iou_threshold=-1.0)
@@ -300,14 +302,17 @@ def test_fast_decoder_equals_stock_with_more_heads(tiny_image):
     )
 
 
-@pytest.mark.parametrize("chain", [True, False])
+@pytest.mark.parametrize(("chain", "low_rank"), [(True, True), (True, False), (False, False)])
 @pytest.mark.parametrize("depth", [2, 3])
-def test_fast_decoder_equals_stock_with_trained_looking_norms(tiny_image, depth, chain, monkeypatch):
+def test_fast_decoder_equals_stock_with_trained_looking_norms(
+    tiny_image, depth, chain, low_rank, monkeypatch
+):
     """Fresh models have LayerNorm weight 1 and bias 0, which would hide a wrong gamma or beta
-    in the conv1 chain (see fast_decoder._Conv1Chain): randomise every norm and bias, and
-    also try a three-block decoder (the chain is written for any depth), with the chain and
-    with the direct conv1 product."""
+    in the conv1 chain (see fast_decoder._Conv1Chain) or the low-rank tokens: randomise every
+    norm and bias, and also try a three-block decoder (both are written for any depth), with
+    and without the low-rank tokens, with the chain and with the direct conv1 product."""
     monkeypatch.setattr(fast_decoder, "CONV1_CHAIN", chain)
+    monkeypatch.setattr(fast_decoder, "LOW_RANK_TOKENS", low_rank)
     parts = tiny_sam2_config().to_dict()
     parts["mask_decoder_config"].update(num_hidden_layers=depth)
     torch.manual_seed(11)
@@ -327,6 +332,7 @@ def test_fast_decoder_equals_stock_with_trained_looking_norms(tiny_image, depth,
                 module.weight.add_(1.0)
     stock = Sam2Proposer(model, device="cpu", decoder="stock")
     fast = Sam2Proposer(model, device="cpu", decoder="fast")
+    assert fast.decoder == "fast"  # its own check at load passed (no fallback to stock)
     embedding = stock.embed(tiny_image)
     # O(1) image features with a per-pixel offset (non-zero channel means), as real ones have.
     embedding = dataclasses.replace(

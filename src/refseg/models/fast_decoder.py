@@ -41,6 +41,7 @@ from transformers import Sam2Model
 from transformers.models.sam2.modeling_sam2 import Sam2Attention
 
 from .base import Proposals
+from .low_rank_tokens import ImageSide, LowRankTokens
 from .malloc import retain_freed_memory
 from .sam2 import Sam2ImageEmbedding, empty_proposals
 
@@ -54,6 +55,9 @@ UPSCALE_CHUNK = 4
 # Compute conv1 through the LayerNorm chain in float32 (see _Conv1Chain); False uses the
 # direct product (for comparison: benchmarks/bench_levers.py, tests).
 CONV1_CHAIN = True
+# Run the two-way transformer on a low-rank description of each prompt's image tokens instead
+# of the tokens themselves (float32 with the conv1 chain only; see low_rank_tokens.py).
+LOW_RANK_TOKENS = True
 
 
 @dataclass
@@ -115,13 +119,15 @@ class _ImageContext:
         keys: (1, HW, C) image embedding + no-mask embedding.
         key_pe: (1, HW, C) image positional encoding.
         first_k, first_v: (1, heads, HW, d) first block, tokens -> image keys and values.
-        first_image_q: (HW, heads * d) first block, image -> tokens queries.
+        first_image_q: (heads, d, HW) first block, image -> tokens queries, per head.
         conv1_weight: (C, 4 * C/4) ``upscale_conv1`` as a matrix, output order (i, j, c).
         conv2_weight: (C/4, 4 * C/8) ``upscale_conv2`` likewise.
         feat_s1: (1, HW, 4 * C/4) ``conv_s1`` features + conv1 bias, in conv1's output order.
         feat_s0: (1, 4HW, 4 * C/8) ``conv_s0`` features + conv2 bias, in conv2's output order.
         chain: the first upscaling convolution pushed back through the transformer's image-side
             LayerNorms (see :class:`_Conv1Chain`); None when the decoder runs under autocast.
+        low_rank: the image side of the low-rank transformer (see low_rank_tokens.py); None
+            when the tokens are built (no chain, or :data:`LOW_RANK_TOKENS` off).
     """
 
     keys: torch.Tensor
@@ -136,6 +142,7 @@ class _ImageContext:
     height: int
     width: int
     chain: _Conv1Chain | None = None
+    low_rank: ImageSide | None = None
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -173,6 +180,9 @@ def _prepare_image(model: Sam2Model, embedding: Sam2ImageEmbedding) -> _ImageCon
     first_k = _split_heads(cross.k_proj(keys_with_pe), cross.num_attention_heads).contiguous()
     first_v = _split_heads(cross.v_proj(keys), cross.num_attention_heads).contiguous()
     first_image_q = back.q_proj(keys_with_pe)[0]
+    first_image_q = (
+        first_image_q.view(height * width, back.num_attention_heads, -1).permute(1, 2, 0).contiguous()
+    )
 
     # High-resolution features in the pixel order of the matrix-product convolutions:
     # conv1 output pixel (2Y + i, 2X + j) sits at row Y*W + X, column block (i, j);
@@ -186,9 +196,11 @@ def _prepare_image(model: Sam2Model, embedding: Sam2ImageEmbedding) -> _ImageCon
     feat_s0 = feat_s0.view(1, c8, height, 2, 2, width, 2, 2).permute(0, 2, 5, 3, 6, 4, 7, 1)
     feat_s0 = (feat_s0 + decoder.upscale_conv2.bias.to(feat_s0.dtype)).reshape(1, 4 * height * width, 4 * c8)
     conv1_weight = _conv_as_matrix(decoder.upscale_conv1)
-    chain = None
+    chain = low_rank = None
     if CONV1_CHAIN and not torch.is_autocast_enabled(keys.device.type) and keys.dtype == torch.float32:
         chain = _conv1_chain(decoder, keys, conv1_weight, feat_s1)
+        if LOW_RANK_TOKENS:
+            low_rank = ImageSide(keys[0], key_pe[0])
     return _ImageContext(
         keys=keys,
         key_pe=key_pe,
@@ -202,6 +214,7 @@ def _prepare_image(model: Sam2Model, embedding: Sam2ImageEmbedding) -> _ImageCon
         height=height,
         width=width,
         chain=chain,
+        low_rank=low_rank,
     )
 
 
@@ -298,7 +311,7 @@ def _image_to_tokens_probs(
 ) -> torch.Tensor:
     """Attention weights of image queries over each prompt's T tokens, as (n, heads * T, HW).
 
-    Either ``image_q`` (HW, heads * d), image queries shared by all prompts, or
+    Either ``image_q`` (heads, d, HW), image queries shared by all prompts, or
     ``keys_with_pe`` (n, HW, C), per-prompt image tokens whose query projection is moved onto
     the tokens: q_h(x) . k = (Wq_h x + bq_h) . k = x . (Wq_h^T k) + bq_h . k.
     """
@@ -306,19 +319,13 @@ def _image_to_tokens_probs(
     heads = attention.num_attention_heads
     k = _split_heads(attention.k_proj(tokens_with_pe), heads) * attention.scaling  # (n, heads, T, d)
     if image_q is not None:
-        # Block-diagonal token keys: one product for all prompts and heads.
+        # One product per head over all prompts' token keys: (heads, n * T, HW).
         head_dim = k.shape[-1]
-        eye = torch.eye(heads, dtype=k.dtype, device=k.device).view(1, heads, 1, heads, 1)
-        k_blocks = (k.unsqueeze(3) * eye).reshape(n * heads * tokens, heads * head_dim)
-        scores = (k_blocks @ image_q.t()).view(n, heads, tokens, -1)
-    else:
-        k_through_q = torch.matmul(k, _per_head(attention.q_proj.weight, heads)).view(
-            n, heads * tokens, channels
-        )
-        k_dot_bias = (k * attention.q_proj.bias.view(heads, 1, -1)).sum(-1).view(n, heads * tokens, 1)
-        scores = torch.baddbmm(k_dot_bias, k_through_q, keys_with_pe.transpose(1, 2)).view(
-            n, heads, tokens, -1
-        )
+        scores = torch.bmm(k.transpose(0, 1).reshape(heads, n * tokens, head_dim), image_q)
+        return scores.view(heads, n, tokens, -1).softmax(dim=2).transpose(0, 1).reshape(n, heads * tokens, -1)
+    k_through_q = torch.matmul(k, _per_head(attention.q_proj.weight, heads)).view(n, heads * tokens, channels)
+    k_dot_bias = (k * attention.q_proj.bias.view(heads, 1, -1)).sum(-1).view(n, heads * tokens, 1)
+    scores = torch.baddbmm(k_dot_bias, k_through_q, keys_with_pe.transpose(1, 2)).view(n, heads, tokens, -1)
     return scores.softmax(dim=2).view(n, heads * tokens, -1)
 
 
@@ -429,6 +436,128 @@ def _run_transformer(
     return queries, keys, trace
 
 
+def _tokens_to_low_rank_image(
+    attention: Sam2Attention,
+    tokens_with_pe: torch.Tensor,
+    image: ImageSide,
+    centred: LowRankTokens,
+    norm: torch.nn.LayerNorm,
+    rstd: torch.Tensor,
+    key: tuple,
+) -> torch.Tensor:
+    """:func:`_tokens_to_image` on the image tokens ``r * (g . B) + b`` of a LayerNorm (``norm``,
+    per-pixel ``rstd`` (n, HW)) over ``centred`` = B. Returns (n, T, C)."""
+    n, tokens, _ = tokens_with_pe.shape
+    heads = attention.num_attention_heads
+    gain, bias = norm.weight, norm.bias
+    q = _split_heads(attention.q_proj(tokens_with_pe), heads) * attention.scaling  # (n, heads, T, d)
+    # Scores q . Wk (r g.B + b + pe) + q . bk: the b and bk terms are constant along the softmax.
+    k_weight = attention.k_proj.weight
+    k_gain = image.memo(("gain", key, "k"), lambda: k_weight * gain)
+    scores = centred.linear(q, k_gain, (key, "k")).mul_(rstd[:, None, :])
+    scores.view(n, heads, tokens, -1).add_(image.heads_dot(q, k_weight, (key, "k"), source="pe"))
+    probs = scores.softmax(dim=-1)  # (n, heads * T, HW)
+    # Values Wv (r g.B + b) + bv; each row of probs sums to 1.
+    v_weight = attention.v_proj.weight
+    v_gain = image.memo(("gain", key, "v"), lambda: v_weight * gain)
+    pooled = centred.pool(probs.mul_(rstd[:, None, :]), v_gain, heads, (key, "v"))  # (n, heads, T, d)
+    pooled = pooled + (v_weight @ bias + attention.v_proj.bias).view(heads, 1, -1)
+    return attention.o_proj(_merge_heads(pooled))
+
+
+def _run_transformer_low_rank(
+    model: Sam2Model, context: _ImageContext, sparse: torch.Tensor, outputs: list[int]
+) -> tuple[torch.Tensor, None, _ImageTrace]:
+    """:func:`_run_transformer` without building any prompt's image tokens (float32, with
+    ``context.low_rank``): attention, LayerNorm statistics and the trace for the conv1 chain
+    all come from :class:`LowRankTokens`. Returns (queries, None, trace)."""
+    decoder = model.mask_decoder
+    image = context.low_rank
+    assert image is not None
+    n = sparse.shape[0]
+    output_tokens = torch.cat(
+        [decoder.obj_score_token.weight, decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0
+    )
+    point_pe = torch.cat([output_tokens.expand(n, -1, -1), sparse], dim=1).to(decoder.iou_token.weight.dtype)
+    queries = point_pe
+    trace = _ImageTrace([], [], [], [])
+    centred: LowRankTokens | None = None
+    norm: torch.nn.LayerNorm | None = None
+    rstd: torch.Tensor | None = None
+    channels = context.keys.shape[-1]
+    for index, layer in enumerate(decoder.transformer.layers):
+        if layer.skip_first_layer_pe:
+            attn_out, _ = layer.self_attn(query=queries[None], key=queries[None], value=queries[None])
+            queries = attn_out[0]
+        else:
+            query = (queries + point_pe)[None]
+            attn_out, _ = layer.self_attn(query=query, key=query, value=queries[None])
+            queries = queries + attn_out[0]
+        queries = layer.layer_norm1(queries)
+
+        cross, back = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        if index == 0:
+            attn_out = _tokens_to_shared_image(cross, queries + point_pe, context.first_k, context.first_v)
+        else:
+            attn_out = _tokens_to_low_rank_image(
+                cross, queries + point_pe, image, centred, norm, rstd, (index, "t2i")
+            )
+        queries = layer.layer_norm2(queries + attn_out)
+        queries = layer.layer_norm3(queries + layer.mlp(queries))
+
+        if index == 0:
+            probs = _image_to_tokens_probs(back, queries + point_pe, None, context.first_image_q)
+        else:
+            # Scores k . (Wq (r g.B + b + pe) + bq), softmax over each head's tokens.
+            heads = back.num_attention_heads
+            k = _split_heads(back.k_proj(queries + point_pe), heads) * back.scaling  # (n, heads, T, d)
+            q_weight = back.q_proj.weight
+            q_gain = image.memo(("gain", index, "i2t"), lambda w=q_weight, g=norm.weight: w * g)
+            scores = centred.linear(k, q_gain, (index, "i2t")).mul_(rstd[:, None, :])
+            constant = (k * (q_weight @ norm.bias + back.q_proj.bias).view(heads, 1, -1)).sum(
+                -1, keepdim=True
+            )
+            grid = scores.view(n, heads, -1, scores.shape[-1])
+            grid.add_(image.heads_dot(k, q_weight, (index, "i2t"), source="pe")).add_(constant)
+            probs = grid.softmax(dim=2).view(n, -1, scores.shape[-1])
+        heads = back.num_attention_heads
+        v = _split_heads(back.v_proj(queries), heads)  # (n, heads, T, d)
+        values = _image_to_tokens_values(back, queries)  # (n, heads * T, C)
+        new = LowRankTokens(
+            image,
+            probs,
+            v,
+            values,
+            back.o_proj.weight,
+            back.o_proj.bias,
+            key=str(index),
+            previous=centred,
+            rstd=rstd,
+            gain=None if norm is None else norm.weight,
+            bias=None if norm is None else norm.bias,
+        )
+        # LayerNorm input U = keys + V^T P: its mean, and its variance from the centred B.
+        value_means = new._weighted_rows(new.value_mean)
+        if centred is None:
+            mean = image.mean + value_means
+        else:
+            mean = centred.channel_mean_of_tokens(norm.weight, norm.bias, rstd).add_(value_means)
+        norm = layer.layer_norm4
+        variance = new.quad(None, (index, "variance")).div_(channels).clamp_(min=0.0)
+        rstd = variance.add_(norm.eps).rsqrt_()
+        centred = new
+        trace.probs.append(probs)
+        trace.values.append(values)
+        trace.means.append(mean[..., None])
+        trace.rstds.append(rstd[..., None])
+
+    queries, point_pe = queries[:, outputs], point_pe[:, outputs]
+    final = decoder.transformer.final_attn_token_to_image
+    attn_out = _tokens_to_low_rank_image(final, queries + point_pe, image, centred, norm, rstd, ("final",))
+    queries = decoder.transformer.layer_norm_final_attn(queries + attn_out)
+    return queries, None, trace
+
+
 def _upscale_masks(
     model: Sam2Model,
     context: _ImageContext,
@@ -516,7 +645,8 @@ def decode_points_fast(
             input_boxes=None,
             input_masks=None,
         )
-        queries, keys, trace = _run_transformer(model, context, sparse[0], outputs)
+        run = _run_transformer_low_rank if context.low_rank is not None else _run_transformer
+        queries, keys, trace = run(model, context, sparse[0], outputs)
         if trace is not None:
             keys = None  # the chain computes conv1 from the trace: 4 MiB per prompt freed
 
