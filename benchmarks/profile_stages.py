@@ -56,7 +56,6 @@ DECODER_PARTS = (
     "_tokens_to_low_rank_image",
     "_image_to_tokens_values",
     "_upscale_masks",
-    "_conv1_through_chain",
 )
 
 

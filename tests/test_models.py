@@ -265,6 +265,7 @@ def test_fast_decoder_equals_stock_across_chunks(tiny_models, stock_proposer, ti
     fast, _ = tiny_models
     monkeypatch.setattr(fast_decoder, "PROMPT_CHUNK", 5)
     monkeypatch.setattr(fast_decoder, "UPSCALE_CHUNK", 2)
+    monkeypatch.setattr(fast_decoder, "PIXEL_TILE", 1000)  # not a divisor of the 4096 pixels
     embedding = fast.embed(tiny_image)
     points = grid_points(7)
     for threshold in (-1.0, 0.5):

@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 # 8 holds half the per-prompt image tokens (4 MiB each, several copies per block).
 PROMPT_CHUNK = 8
 UPSCALE_CHUNK = 4
+# Low-resolution pixels upscaled at a time (of 64 x 64).
+PIXEL_TILE = 1024
 # Compute conv1 through the LayerNorm chain in float32 (see _Conv1Chain); False uses the
 # direct product (for comparison: benchmarks/bench_levers.py, tests).
 CONV1_CHAIN = True
@@ -239,36 +241,62 @@ def _conv1_chain(
     )
 
 
-def _conv1_through_chain(chain: _Conv1Chain, trace: _ImageTrace, rows: slice | torch.Tensor) -> torch.Tensor:
-    """conv1 (+ its bias and the s1 features) of the final image tokens of prompts ``rows``,
-    from the trace instead of the tokens themselves. Returns (k, HW, 4 * C/4)."""
-    values = trace.values[0][rows]  # (k, heads * T, C)
-    right = values @ chain.maps[0] - values.mean(dim=-1, keepdim=True) * chain.row_sums[0]
-    k = right.shape[0]
-    x = torch.baddbmm(chain.image_product.expand(k, -1, -1), trace.probs[0][rows].transpose(1, 2), right)
-    rstds = [r[rows].transpose(1, 2) for r in trace.rstds]  # (k, 1, HW)
-    scale = torch.ones_like(rstds[0])  # c_l = 1 / (r_0 ... r_{l-1})
-    for index in range(1, len(trace.probs)):
-        scale = scale / rstds[index - 1]
-        # Token rows of P_l, then the mean and bias columns, all scaled by c_l: (k, heads*T + 2, HW).
-        left = torch.cat(
-            [trace.probs[index][rows], -trace.means[index][rows].transpose(1, 2), torch.ones_like(scale)],
-            dim=1,
+class _Conv1ThroughChain:
+    """conv1 (+ its bias and the s1 features) of the final image tokens of a chunk's prompts
+    ``rows``, from the trace instead of the tokens themselves, one pixel range at a time.
+
+    The per-prompt right-hand sides (token values through the chain's maps) are computed once
+    here; :meth:`pixels` then costs the rank-(L * heads * T + 2(L - 1)) products for its pixels.
+    """
+
+    def __init__(self, chain: _Conv1Chain, trace: _ImageTrace, rows: slice | torch.Tensor) -> None:
+        self.chain = chain
+        values = trace.values[0][rows]  # (k, heads * T, C)
+        self.first_right = values @ chain.maps[0] - values.mean(dim=-1, keepdim=True) * chain.row_sums[0]
+        k = values.shape[0]
+        self.probs = [p[rows] for p in trace.probs]  # (k, heads * T, HW) each
+        self.means = [m[rows] for m in trace.means]  # (k, HW, 1) each
+        self.rstds = [r[rows] for r in trace.rstds]
+        # Token rows of P_l, then the mean and bias columns (block l >= 1): (k, heads * T + 2, 4 * C/4).
+        self.rights = [
+            torch.cat(
+                [
+                    trace.values[index][rows] @ chain.maps[index],
+                    chain.row_sums[index].expand(k, 1, -1),
+                    chain.bias_terms[index - 1].expand(k, 1, -1),
+                ],
+                dim=1,
+            )
+            for index in range(1, len(trace.probs))
+        ]
+
+    def pixels(self, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of the (k, HW, 4 * C/4) conv1 output."""
+        chain, span = self.chain, slice(start, stop)
+        k = self.first_right.shape[0]
+        x = torch.baddbmm(
+            chain.image_product[:, span].expand(k, -1, -1),
+            self.probs[0][:, :, span].transpose(1, 2),
+            self.first_right,
         )
-        left.mul_(scale)
-        right = torch.cat(
-            [
-                trace.values[index][rows] @ chain.maps[index],
-                chain.row_sums[index].expand(k, 1, -1),
-                chain.bias_terms[index - 1].expand(k, 1, -1),
-            ],
-            dim=1,
-        )
-        x.baddbmm_(left.transpose(1, 2), right)
-    total_rstd = rstds[0]
-    for r in rstds[1:]:
-        total_rstd = total_rstd * r
-    return x.mul_(total_rstd.transpose(1, 2)).add_(chain.feat_s1)
+        rstds = [r[:, span].transpose(1, 2) for r in self.rstds]  # (k, 1, n)
+        scale = torch.ones_like(rstds[0])  # c_l = 1 / (r_0 ... r_{l-1})
+        for index in range(1, len(self.probs)):
+            scale = scale / rstds[index - 1]
+            left = torch.cat(
+                [
+                    self.probs[index][:, :, span],
+                    -self.means[index][:, span].transpose(1, 2),
+                    torch.ones_like(scale),
+                ],
+                dim=1,
+            )
+            left.mul_(scale)
+            x.baddbmm_(left.transpose(1, 2), self.rights[index - 1])
+        total_rstd = rstds[0]
+        for r in rstds[1:]:
+            total_rstd = total_rstd * r
+        return x.mul_(total_rstd.transpose(1, 2)).add_(chain.feat_s1[:, span])
 
 
 def _tokens_to_shared_image(
@@ -580,20 +608,34 @@ def _upscale_masks(
     norm = model.mask_decoder.upscale_layer_norm
     k = hyper.shape[0]
     height, width = context.height, context.width
-    # conv1 (+ bias + s1): rows (Y, X), columns (i, j, c); LayerNorm is per pixel, so order is free.
+    pixels = height * width
     if context.chain is not None and trace is not None:
-        x = _conv1_through_chain(context.chain, trace, rows)
+        through_chain = _Conv1ThroughChain(context.chain, trace, rows)
     else:
         keys = keys[rows]
         dtype = keys.dtype
-        x = torch.baddbmm(context.feat_s1.to(dtype), keys, context.conv1_weight.to(dtype).expand(k, -1, -1))
-    x = x.view(k, 4 * height * width, -1)
-    # Both GELUs are in place on fresh tensors (exact erf GELU, as nn.GELU()).
-    x = torch.ops.aten.gelu_(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
-    # conv2 (+ bias + s0): rows (Y, X, i, j), columns (i', j', c).
-    x = torch.baddbmm(context.feat_s0.to(x.dtype), x, context.conv2_weight.to(x.dtype).expand(k, -1, -1))
-    x = torch.ops.aten.gelu_(x).view(k, 16 * height * width, -1)
-    masks = torch.bmm(x, hyper.to(x.dtype).unsqueeze(-1))  # pixel order (Y, X, i, j, i', j')
+        conv1_weight = context.conv1_weight.to(dtype).expand(k, -1, -1)
+    conv2_weight = context.conv2_weight
+    masks = torch.empty((k, 16 * pixels, 1), dtype=hyper.dtype, device=hyper.device)
+    # A range of low-resolution pixels at a time: every step below is per pixel, and a range's
+    # intermediates stay in cache instead of streaming 16 MiB per prompt through memory.
+    for start in range(0, pixels, PIXEL_TILE):
+        stop = min(start + PIXEL_TILE, pixels)
+        count = stop - start
+        # conv1 (+ bias + s1): rows (Y, X), columns (i, j, c); LayerNorm is per pixel, so order is free.
+        if context.chain is not None and trace is not None:
+            x = through_chain.pixels(start, stop)
+        else:
+            x = torch.baddbmm(context.feat_s1[:, start:stop].to(dtype), keys[:, start:stop], conv1_weight)
+        x = x.view(k, 4 * count, -1)
+        # Both GELUs are in place on fresh tensors (exact erf GELU, as nn.GELU()).
+        x = torch.ops.aten.gelu_(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps))
+        # conv2 (+ bias + s0): rows (Y, X, i, j), columns (i', j', c).
+        feat_s0 = context.feat_s0[:, 4 * start : 4 * stop].to(x.dtype)
+        x = torch.baddbmm(feat_s0, x, conv2_weight.to(x.dtype).expand(k, -1, -1))
+        x = torch.ops.aten.gelu_(x).view(k, 16 * count, -1)
+        # Pixel order (Y, X, i, j, i', j').
+        masks[:, 16 * start : 16 * stop] = torch.bmm(x, hyper.to(x.dtype).unsqueeze(-1))
     masks = masks.view(k, height, width, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
     return masks.reshape(k, 4 * height, 4 * width)
 
