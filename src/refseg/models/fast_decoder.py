@@ -616,7 +616,7 @@ def _upscale_masks(
         dtype = keys.dtype
         conv1_weight = context.conv1_weight.to(dtype).expand(k, -1, -1)
     conv2_weight = context.conv2_weight
-    masks = torch.empty((k, 16 * pixels, 1), dtype=hyper.dtype, device=hyper.device)
+    masks = None
     # A range of low-resolution pixels at a time: every step below is per pixel, and a range's
     # intermediates stay in cache instead of streaming 16 MiB per prompt through memory.
     for start in range(0, pixels, PIXEL_TILE):
@@ -634,8 +634,12 @@ def _upscale_masks(
         feat_s0 = context.feat_s0[:, 4 * start : 4 * stop].to(x.dtype)
         x = torch.baddbmm(feat_s0, x, conv2_weight.to(x.dtype).expand(k, -1, -1))
         x = torch.ops.aten.gelu_(x).view(k, 16 * count, -1)
-        # Pixel order (Y, X, i, j, i', j').
-        masks[:, 16 * start : 16 * stop] = torch.bmm(x, hyper.to(x.dtype).unsqueeze(-1))
+        # Pixel order (Y, X, i, j, i', j'). One matrix-vector product per prompt: a batched
+        # product with one column ran ~3x slower (0.9 vs 0.3 ms for 4 prompts' 16 K x 32).
+        if masks is None:
+            masks = torch.empty((k, 16 * pixels), dtype=x.dtype, device=x.device)
+        for prompt in range(k):
+            torch.mv(x[prompt], hyper[prompt].to(x.dtype), out=masks[prompt, 16 * start : 16 * stop])
     masks = masks.view(k, height, width, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)
     return masks.reshape(k, 4 * height, 4 * width)
 
