@@ -25,6 +25,12 @@ embedding once per prompt and runs every 4096 x 256 image-token projection per p
    would hand straight back to the kernel and fault in again; on CPU the first decode calls
    :func:`refseg.models.malloc.retain_freed_memory` so they are reused.
 6. **conv1 through the LayerNorms** (float32): see :class:`_Conv1Chain`.
+7. **Image tokens never built** (float32): from the first block on, each prompt's image tokens
+   are the shared ones plus low-rank attention updates and LayerNorms; the transformer works
+   on that description (:mod:`refseg.models.low_rank_tokens`), and the trace it leaves is
+   what the conv1 chain needs. Under autocast the tokens are built (items 2 and 4).
+8. **Upscaling in pixel tiles**: every upscaling step is per pixel, so
+   :data:`PIXEL_TILE` low-resolution pixels go through all of them at a time.
 
 Outputs equal the stock path to float32 rounding (the tests compare both on the tiny model).
 """
@@ -384,6 +390,30 @@ def _image_to_tokens_update(
     return torch.baddbmm(keys, probs.transpose(1, 2), values)
 
 
+def _prompt_tokens(decoder: torch.nn.Module, sparse: torch.Tensor) -> torch.Tensor:
+    """The 6 + S tokens of each prompt (object score, IoU, 4 mask tokens, prompt): (n, T, C)."""
+    output_tokens = torch.cat(
+        [decoder.obj_score_token.weight, decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0
+    )
+    n = sparse.shape[0]
+    return torch.cat([output_tokens.expand(n, -1, -1), sparse], dim=1).to(decoder.iou_token.weight.dtype)
+
+
+def _token_self_attention(
+    layer: torch.nn.Module, queries: torch.Tensor, point_pe: torch.Tensor
+) -> torch.Tensor:
+    """A two-way block's self-attention of the tokens and first LayerNorm (small): the module
+    itself, on 1 x n x T x C."""
+    if layer.skip_first_layer_pe:
+        attn_out, _ = layer.self_attn(query=queries[None], key=queries[None], value=queries[None])
+        queries = attn_out[0]
+    else:
+        query = (queries + point_pe)[None]
+        attn_out, _ = layer.self_attn(query=query, key=query, value=queries[None])
+        queries = queries + attn_out[0]
+    return layer.layer_norm1(queries)
+
+
 def _run_transformer(
     model: Sam2Model, context: _ImageContext, sparse: torch.Tensor, outputs: list[int]
 ) -> tuple[torch.Tensor, torch.Tensor, _ImageTrace | None]:
@@ -401,10 +431,7 @@ def _run_transformer(
     """
     decoder = model.mask_decoder
     n = sparse.shape[0]
-    output_tokens = torch.cat(
-        [decoder.obj_score_token.weight, decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0
-    )
-    point_pe = torch.cat([output_tokens.expand(n, -1, -1), sparse], dim=1).to(decoder.iou_token.weight.dtype)
+    point_pe = _prompt_tokens(decoder, sparse)
     queries = point_pe
     keys = context.keys
     # Under autocast the per-prompt image tokens are kept in the autocast dtype: each matrix
@@ -414,15 +441,7 @@ def _run_transformer(
     key_pe = context.key_pe.to(torch.get_autocast_dtype(device_type)) if low_precision else context.key_pe
     trace = _ImageTrace([], [], [], []) if context.chain is not None else None
     for index, layer in enumerate(decoder.transformer.layers):
-        # Self-attention of the tokens (small): the module itself, on 1 x n x T x C.
-        if layer.skip_first_layer_pe:
-            attn_out, _ = layer.self_attn(query=queries[None], key=queries[None], value=queries[None])
-            queries = attn_out[0]
-        else:
-            query = (queries + point_pe)[None]
-            attn_out, _ = layer.self_attn(query=query, key=query, value=queries[None])
-            queries = queries + attn_out[0]
-        queries = layer.layer_norm1(queries)
+        queries = _token_self_attention(layer, queries, point_pe)
 
         cross, back = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
         if index == 0:
@@ -503,10 +522,7 @@ def _run_transformer_low_rank(
     image = context.low_rank
     assert image is not None
     n = sparse.shape[0]
-    output_tokens = torch.cat(
-        [decoder.obj_score_token.weight, decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0
-    )
-    point_pe = torch.cat([output_tokens.expand(n, -1, -1), sparse], dim=1).to(decoder.iou_token.weight.dtype)
+    point_pe = _prompt_tokens(decoder, sparse)
     queries = point_pe
     trace = _ImageTrace([], [], [], [])
     centred: LowRankTokens | None = None
@@ -514,14 +530,7 @@ def _run_transformer_low_rank(
     rstd: torch.Tensor | None = None
     channels = context.keys.shape[-1]
     for index, layer in enumerate(decoder.transformer.layers):
-        if layer.skip_first_layer_pe:
-            attn_out, _ = layer.self_attn(query=queries[None], key=queries[None], value=queries[None])
-            queries = attn_out[0]
-        else:
-            query = (queries + point_pe)[None]
-            attn_out, _ = layer.self_attn(query=query, key=query, value=queries[None])
-            queries = queries + attn_out[0]
-        queries = layer.layer_norm1(queries)
+        queries = _token_self_attention(layer, queries, point_pe)
 
         cross, back = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
         if index == 0:
@@ -565,7 +574,7 @@ def _run_transformer_low_rank(
             bias=None if norm is None else norm.bias,
         )
         # LayerNorm input U = keys + V^T P: its mean, and its variance from the centred B.
-        value_means = new._weighted_rows(new.value_mean)
+        value_means = new.weighted_rows(new.value_mean)
         if centred is None:
             mean = image.mean + value_means
         else:

@@ -160,7 +160,7 @@ class LowRankTokens:
             self.map = image.memo(("map", key), lambda: centring_map(gain))  # L_{l-1}
             self.bias = bias - bias.mean()  # c(b_{l-1})
 
-    def _weighted_rows(self, coefficients: torch.Tensor) -> torch.Tensor:
+    def weighted_rows(self, coefficients: torch.Tensor) -> torch.Tensor:
         """``sum_i P_i[p] coefficients[i]`` for (n, J) coefficients: (n, N)."""
         return torch.bmm(coefficients.unsqueeze(1), self.probs).squeeze(1)
 
@@ -183,7 +183,7 @@ class LowRankTokens:
 
     def vector(self, w: torch.Tensor, key: Hashable) -> torch.Tensor:
         """``w . B[p]`` for a fixed w (C,): (n, N)."""
-        rows = self._weighted_rows(self.centred_values @ w)
+        rows = self.weighted_rows(self.centred_values @ w)
         if self.previous is None:
             return rows + self.image.vector(w, key)
         inner_key = (key, "vector", self.key)
@@ -222,7 +222,7 @@ class LowRankTokens:
         gram = torch.bmm(k_values, values.transpose(1, 2))  # (n, J, J)
         total = (torch.bmm(gram, self.probs) * self.probs).sum(1)
         o_weight, o_bias = self.o_weight, self.o_bias
-        probs_by_mean = self._weighted_rows(self.value_mean)  # sum_i P_i mean(V_i)
+        probs_by_mean = self.weighted_rows(self.value_mean)  # sum_i P_i mean(V_i)
         if self.previous is None:
             # Cross terms c(X)^T K V_i, V_i = W_h v_i + bo / heads - mean_i 1; sum_i P_i / heads = 1.
             o_k = self.image.memo(
@@ -262,7 +262,7 @@ class LowRankTokens:
             self.image.memo(("q-o1", inner_key), lambda: lam_t_k @ ones), ("q-o1", inner_key)
         )
         total.addcmul_(cross, self.rstd, value=2.0)
-        total.add_(self._weighted_rows(values @ k_bias), alpha=2.0)
+        total.add_(self.weighted_rows(values @ k_bias), alpha=2.0)
         return total.add_(self.bias @ k_bias)
 
     def channel_mean_of_tokens(
