@@ -277,18 +277,20 @@ class _Conv1ThroughChain:
         ]
 
     def pixels(self, start: int, stop: int) -> torch.Tensor:
-        """Rows ``start:stop`` of the (k, HW, 4 * C/4) conv1 output."""
+        """Rows ``start:stop`` of the (k, HW, 4 * C/4) conv1 output.
+
+        ``R_0 [X A_0 + ...] + feat_s1`` with ``R_0`` folded into the small left factors (heads * T
+        values per pixel instead of 4 * C/4) and into the one pass that starts the output."""
         chain, span = self.chain, slice(start, stop)
-        k = self.first_right.shape[0]
-        x = torch.baddbmm(
-            chain.image_product[:, span].expand(k, -1, -1),
-            self.probs[0][:, :, span].transpose(1, 2),
-            self.first_right,
-        )
-        rstds = [r[:, span].transpose(1, 2) for r in self.rstds]  # (k, 1, n)
-        scale = torch.ones_like(rstds[0])  # c_l = 1 / (r_0 ... r_{l-1})
+        rstds = [r[:, span].transpose(1, 2) for r in self.rstds]  # (k, 1, n) each
+        # scales[l] = r_l ... r_{L-1} = R_0 * c_l (see _Conv1Chain)
+        scales = [rstds[-1]]
+        for r in reversed(rstds[:-1]):
+            scales.insert(0, scales[0] * r)
+        x = torch.addcmul(chain.feat_s1[:, span], chain.image_product[:, span], scales[0].transpose(1, 2))
+        x.baddbmm_((self.probs[0][:, :, span] * scales[0]).transpose(1, 2), self.first_right)
         for index in range(1, len(self.probs)):
-            scale = scale / rstds[index - 1]
+            scale = scales[index]
             left = torch.cat(
                 [
                     self.probs[index][:, :, span],
@@ -297,12 +299,8 @@ class _Conv1ThroughChain:
                 ],
                 dim=1,
             )
-            left.mul_(scale)
-            x.baddbmm_(left.transpose(1, 2), self.rights[index - 1])
-        total_rstd = rstds[0]
-        for r in rstds[1:]:
-            total_rstd = total_rstd * r
-        return x.mul_(total_rstd.transpose(1, 2)).add_(chain.feat_s1[:, span])
+            x.baddbmm_(left.mul_(scale).transpose(1, 2), self.rights[index - 1])
+        return x
 
 
 def _tokens_to_shared_image(

@@ -216,53 +216,61 @@ class LowRankTokens:
         return inner + bias_term + rows
 
     def quad(self, k: torch.Tensor | None, key: Hashable) -> torch.Tensor:
-        """``B[p]^T K B[p]`` for a fixed symmetric K (C, C) (None: identity): (n, N)."""
+        """``B[p]^T K B[p]`` for a fixed symmetric K (C, C) (None: identity): (n, N).
+
+        Every term of the form ``sum_i P_i[p] e_i[p]`` is gathered into one (n, J, N) tensor
+        ``e``, with the Gram term as ``e += G P / 2``, so that it costs one product with the
+        attention weights and one weighted sum instead of one of each per term."""
         values = self.centred_values
         k_values = values if k is None else values @ k  # (n, J, C)
         gram = torch.bmm(k_values, values.transpose(1, 2))  # (n, J, J)
-        total = (torch.bmm(gram, self.probs) * self.probs).sum(1)
         o_weight, o_bias = self.o_weight, self.o_bias
-        probs_by_mean = self.weighted_rows(self.value_mean)  # sum_i P_i mean(V_i)
+        n, rows, _ = self.probs.shape
         if self.previous is None:
             # Cross terms c(X)^T K V_i, V_i = W_h v_i + bo / heads - mean_i 1; sum_i P_i / heads = 1.
             o_k = self.image.memo(
                 ("q0-o", key), lambda: (o_weight if k is None else k @ o_weight).t().contiguous()
             )
-            dots = self.image.heads_dot(self.v, o_k, ("q0-o", key))  # (n, heads, T, N)
-            # dots is in head-major memory order: sum tokens, then heads (one multi-dim sum
-            # over this layout is 20x slower).
-            cross = (dots * self.probs.view(dots.shape)).sum(2).sum(1)
-            cross += self.image.vector(o_bias if k is None else k @ o_bias, ("q0-b", key))
+            # e_i = c(X)^T K W_h v_i (a copy in prompt-major order) - mean_i c(X)^T K 1 + (G P)_i / 2
+            terms = self.image.heads_dot(self.v, o_k, ("q0-o", key)).reshape(n, rows, -1)
             if k is not None:  # c(X) . 1 = 0
-                cross -= probs_by_mean * self.image.vector(k @ torch.ones_like(o_bias), ("q0-1", key))
-            return total.add_(cross, alpha=2.0).add_(self.image.quad(k, key))
+                x_k_ones = self.image.vector(k @ torch.ones_like(o_bias), ("q0-1", key))
+                terms.baddbmm_(self.value_mean[..., None], x_k_ones.expand(n, 1, -1), alpha=-1.0)
+            terms.baddbmm_(gram, self.probs, alpha=0.5)
+            total = (terms.mul_(self.probs)).sum(1).mul_(2.0)
+            total += 2.0 * self.image.vector(o_bias if k is None else k @ o_bias, ("q0-b", key))
+            return total.add_(self.image.quad(k, key))
         inner_key = (key, "quad", self.key)
         lam = self.map
         k_lam = lam if k is None else k @ lam  # K L
         k_bias = self.bias if k is None else k @ self.bias
-        # r^2 B'^T L^T K L B'
-        total.add_(
-            self.previous.quad(self.image.memo(("q-k", inner_key), lambda: lam.t() @ k_lam), inner_key)
-            * self.rstd.square()
-        )
-        # 2 r (K c(b))^T L B'  and  c(b)^T K c(b)  and  2 c(b)^T K V^T P
-        cross = self.previous.vector(
-            self.image.memo(("q-b", inner_key), lambda: lam.t() @ k_bias), ("q-b", inner_key)
-        )
-        # 2 r sum_i P_i V_i^T K L B', V_i = W_h v_i + bo / heads - mean_i 1
-        o_k_lam = self.image.memo(("q-o", inner_key), lambda: o_weight.t() @ k_lam)  # (heads * d, C)
-        dots = self.previous.linear(self.v, o_k_lam, ("q-o", inner_key))  # (n, J, N)
-        cross += (dots * self.probs).sum(1)
         lam_t_k = lam.t() if k is None else lam.t() @ k
-        cross += self.previous.vector(
-            self.image.memo(("q-ob", inner_key), lambda: lam_t_k @ o_bias), ("q-ob", inner_key)
+        rstd = self.rstd
+        # r^2 B'^T L^T K L B'
+        total = self.previous.quad(self.image.memo(("q-k", inner_key), lambda: lam.t() @ k_lam), inner_key)
+        total.mul_(rstd.square())
+        # 2 r (K (c(b) + bo))^T L B'   (bo: sum_i P_i / heads = 1)
+        total.addcmul_(
+            self.previous.vector(
+                self.image.memo(("q-bo", inner_key), lambda: lam.t() @ k_bias + lam_t_k @ o_bias),
+                ("q-bo", inner_key),
+            ),
+            rstd,
+            value=2.0,
         )
-        ones = torch.ones_like(o_bias)
-        cross -= probs_by_mean * self.previous.vector(
-            self.image.memo(("q-o1", inner_key), lambda: lam_t_k @ ones), ("q-o1", inner_key)
+        # e_i = r V_i^T K L B' (V_i without its bias) - r mean_i 1^T K L B' + V_i^T K c(b) + (G P)_i / 2
+        o_k_lam = self.image.memo(("q-o", inner_key), lambda: o_weight.t() @ k_lam)  # (heads * d, C)
+        terms = self.previous.linear(self.v, o_k_lam, ("q-o", inner_key))  # (n, J, N)
+        terms.mul_(rstd[:, None, :])
+        ones = self.previous.vector(
+            self.image.memo(("q-o1", inner_key), lambda: lam_t_k @ torch.ones_like(o_bias)),
+            ("q-o1", inner_key),
         )
-        total.addcmul_(cross, self.rstd, value=2.0)
-        total.add_(self.weighted_rows(values @ k_bias), alpha=2.0)
+        coefficients = torch.stack([-self.value_mean, values @ k_bias], dim=2)  # (n, J, 2)
+        pixel_rows = torch.stack([ones * rstd, torch.ones_like(rstd)], dim=1)  # (n, 2, N)
+        terms.baddbmm_(coefficients, pixel_rows)
+        terms.baddbmm_(gram, self.probs, alpha=0.5)
+        total.add_(terms.mul_(self.probs).sum(1), alpha=2.0)
         return total.add_(self.bias @ k_bias)
 
     def channel_mean_of_tokens(
