@@ -351,10 +351,14 @@ def _image_to_tokens_probs(
     heads = attention.num_attention_heads
     k = _split_heads(attention.k_proj(tokens_with_pe), heads) * attention.scaling  # (n, heads, T, d)
     if image_q is not None:
-        # One product per head over all prompts' token keys: (heads, n * T, HW).
-        head_dim = k.shape[-1]
-        scores = torch.bmm(k.transpose(0, 1).reshape(heads, n * tokens, head_dim), image_q)
-        return scores.view(heads, n, tokens, -1).softmax(dim=2).transpose(0, 1).reshape(n, heads * tokens, -1)
+        # One product per prompt, all heads at once, straight into prompt-major order.
+        k = k.to(image_q.dtype)
+        scores = torch.empty(
+            (n, heads, tokens, image_q.shape[-1]), dtype=image_q.dtype, device=image_q.device
+        )
+        for prompt in range(n):
+            torch.bmm(k[prompt], image_q, out=scores[prompt])
+        return scores.softmax(dim=2).view(n, heads * tokens, -1)
     k_through_q = torch.matmul(k, _per_head(attention.q_proj.weight, heads)).view(n, heads * tokens, channels)
     k_dot_bias = (k * attention.q_proj.bias.view(heads, 1, -1)).sum(-1).view(n, heads * tokens, 1)
     scores = torch.baddbmm(k_dot_bias, k_through_q, keys_with_pe.transpose(1, 2)).view(n, heads, tokens, -1)
@@ -500,7 +504,7 @@ def _tokens_to_low_rank_image(
     k_weight = attention.k_proj.weight
     k_gain = image.memo(("gain", key, "k"), lambda: k_weight * gain)
     scores = centred.linear(q, k_gain, (key, "k")).mul_(rstd[:, None, :])
-    scores.view(n, heads, tokens, -1).add_(image.heads_dot(q, k_weight, (key, "k"), source="pe"))
+    image.heads_dot(q, k_weight, (key, "k"), source="pe", out=scores)
     probs = scores.softmax(dim=-1)  # (n, heads * T, HW)
     # Values Wv (r g.B + b) + bv; each row of probs sums to 1.
     v_weight = attention.v_proj.weight
@@ -552,8 +556,8 @@ def _run_transformer_low_rank(
             constant = (k * (q_weight @ norm.bias + back.q_proj.bias).view(heads, 1, -1)).sum(
                 -1, keepdim=True
             )
-            grid = scores.view(n, heads, -1, scores.shape[-1])
-            grid.add_(image.heads_dot(k, q_weight, (index, "i2t"), source="pe")).add_(constant)
+            image.heads_dot(k, q_weight, (index, "i2t"), source="pe", out=scores)
+            grid = scores.view(n, heads, -1, scores.shape[-1]).add_(constant)
             probs = grid.softmax(dim=2).view(n, -1, scores.shape[-1])
         heads = back.num_attention_heads
         v = _split_heads(back.v_proj(queries), heads)  # (n, heads, T, d)

@@ -73,16 +73,29 @@ class ImageSide:
         return self.memo(("heads", source, key), build)
 
     def heads_dot(
-        self, q: torch.Tensor, weight: torch.Tensor, key: Hashable, source: str = "x"
+        self,
+        q: torch.Tensor,
+        weight: torch.Tensor,
+        key: Hashable,
+        source: str = "x",
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``q_j . W_h s[p]`` for every row j = (h, t) of ``q`` (n, heads, T, d) and pixel p, with
         ``s`` = c(X) (``source="x"``) or the positional encoding (``"pe"``), ``W`` (heads * d, C).
 
-        Returns a (n, heads, T, N) view (in head-major memory order)."""
+        Returns (n, heads * T, N); with ``out`` (that shape, contiguous) the products are added
+        to it in place. One product per prompt, all heads at once: a single product over heads
+        would give head-major memory order, and reordering it cost more than the product."""
         n, heads, tokens, d = q.shape
         matrix = self._heads_matrix(source, weight, heads, key)  # (heads, d, N)
-        q_heads = q.transpose(0, 1).reshape(heads, n * tokens, d)
-        return torch.bmm(q_heads, matrix).view(heads, n, tokens, -1).transpose(0, 1)
+        if out is None:
+            out = torch.empty((n, heads * tokens, matrix.shape[-1]), dtype=matrix.dtype, device=matrix.device)
+            for prompt in range(n):
+                torch.bmm(q[prompt], matrix, out=out[prompt].view(heads, tokens, -1))
+        else:
+            for prompt in range(n):
+                out[prompt].view(heads, tokens, -1).baddbmm_(q[prompt], matrix)
+        return out
 
     def heads_pool(self, weights: torch.Tensor, matrix_weight: torch.Tensor, key: Hashable) -> torch.Tensor:
         """``sum_p A[j, p] W_h c(X)[p]`` for attention weights ``weights`` (n, heads, T, N):
@@ -94,8 +107,10 @@ class ImageSide:
             return product.view(pixels, heads, -1).transpose(0, 1).contiguous()  # (heads, N, d)
 
         matrix = self.memo(("pool", key), build)
-        a_heads = weights.transpose(0, 1).reshape(heads, n * tokens, pixels)
-        return torch.bmm(a_heads, matrix).view(heads, n, tokens, -1).transpose(0, 1)
+        out = torch.empty((n, heads, tokens, matrix.shape[-1]), dtype=matrix.dtype, device=matrix.device)
+        for prompt in range(n):
+            torch.bmm(weights[prompt], matrix, out=out[prompt])
+        return out
 
     def vector(self, w: torch.Tensor, key: Hashable) -> torch.Tensor:
         """``c(X)[p] . w`` (N,), cached."""
@@ -171,9 +186,7 @@ class LowRankTokens:
         q_through = torch.matmul(q, weight.view(heads, d, -1)).view(n, heads * tokens, -1)  # (n, J', C)
         rows = torch.bmm(q_through, self.centred_values.transpose(1, 2))  # (n, J', J)
         if self.previous is None:
-            out = torch.bmm(rows, self.probs)
-            out.view(n, heads, tokens, -1).add_(self.image.heads_dot(q, weight, key))
-            return out
+            return self.image.heads_dot(q, weight, key).baddbmm_(rows, self.probs)
         inner_key = (key, "linear", self.key)
         out = self.previous.linear(
             q, self.image.memo(("lin-w", inner_key), lambda: weight @ self.map), inner_key
@@ -231,8 +244,8 @@ class LowRankTokens:
             o_k = self.image.memo(
                 ("q0-o", key), lambda: (o_weight if k is None else k @ o_weight).t().contiguous()
             )
-            # e_i = c(X)^T K W_h v_i (a copy in prompt-major order) - mean_i c(X)^T K 1 + (G P)_i / 2
-            terms = self.image.heads_dot(self.v, o_k, ("q0-o", key)).reshape(n, rows, -1)
+            # e_i = c(X)^T K W_h v_i - mean_i c(X)^T K 1 + (G P)_i / 2
+            terms = self.image.heads_dot(self.v, o_k, ("q0-o", key))
             if k is not None:  # c(X) . 1 = 0
                 x_k_ones = self.image.vector(k @ torch.ones_like(o_bias), ("q0-1", key))
                 terms.baddbmm_(self.value_mean[..., None], x_k_ones.expand(n, 1, -1), alpha=-1.0)
