@@ -303,6 +303,53 @@ def test_fast_decoder_equals_stock_with_more_heads(tiny_image):
     )
 
 
+def _trained_looking_decoder(depth: int) -> Sam2Model:
+    """The tiny SAM2 with every decoder parameter random and O(1) (the tiny init gives logits
+    ~1e-5) and LayerNorms around 1 with non-zero biases."""
+    parts = tiny_sam2_config().to_dict()
+    parts["mask_decoder_config"].update(num_hidden_layers=depth)
+    torch.manual_seed(11)
+    model = Sam2Model(
+        Sam2Config(**{k: parts[k] for k in ("vision_config", "prompt_encoder_config", "mask_decoder_config")})
+    )
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in model.mask_decoder.parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            fan_in = parameter[0].numel() if parameter.dim() > 1 else 1
+            parameter.copy_(noise / fan_in**0.5 if parameter.dim() > 1 else 0.3 * noise)
+        for module in model.mask_decoder.modules():
+            if isinstance(module, torch.nn.LayerNorm) or module.__class__.__name__.endswith("LayerNorm"):
+                module.weight.add_(1.0)
+    return model
+
+
+def _assert_fast_equals_stock(model: Sam2Model, tiny_image, scale: float = 1.0, offset: float = 1.0) -> None:
+    """Fast and stock decoders on features of size ``scale`` with a per-pixel offset of size
+    ``offset`` (non-zero channel means, as real image features have)."""
+    stock = Sam2Proposer(model, device="cpu", decoder="stock")
+    fast = Sam2Proposer(model, device="cpu", decoder="fast")
+    assert fast.decoder == "fast"  # its own check at load passed (no fallback to stock)
+    embedding = stock.embed(tiny_image)
+    generator = torch.Generator().manual_seed(4)
+    embedding = dataclasses.replace(
+        embedding,
+        image_embeddings=scale * torch.randn(embedding.image_embeddings.shape, generator=generator)
+        + offset * torch.randn((1, 1, *embedding.image_embeddings.shape[2:]), generator=generator),
+        feat_s1=torch.randn(embedding.feat_s1.shape, generator=generator),
+        feat_s0=torch.randn(embedding.feat_s0.shape, generator=generator),
+    )
+    points = grid_points(4)
+    expected = stock.decode(embedding, points, batch_size=8, iou_threshold=-1.0)
+    got = fast.decode(embedding, points, batch_size=8, iou_threshold=-1.0)
+    torch.testing.assert_close(got.predicted_iou, expected.predicted_iou, rtol=0, atol=IOU_ATOL)
+    largest = float(expected.low_res_logits.abs().max())
+    assert largest > 0.1
+    torch.testing.assert_close(
+        got.low_res_logits, expected.low_res_logits, rtol=0, atol=1e-5 * max(largest, 1.0)
+    )
+
+
 @pytest.mark.parametrize(("chain", "low_rank"), [(True, True), (True, False), (False, False)])
 @pytest.mark.parametrize("depth", [2, 3])
 def test_fast_decoder_equals_stock_with_trained_looking_norms(
@@ -314,44 +361,14 @@ def test_fast_decoder_equals_stock_with_trained_looking_norms(
     and without the low-rank tokens, with the chain and with the direct conv1 product."""
     monkeypatch.setattr(fast_decoder, "CONV1_CHAIN", chain)
     monkeypatch.setattr(fast_decoder, "LOW_RANK_TOKENS", low_rank)
-    parts = tiny_sam2_config().to_dict()
-    parts["mask_decoder_config"].update(num_hidden_layers=depth)
-    torch.manual_seed(11)
-    model = Sam2Model(
-        Sam2Config(**{k: parts[k] for k in ("vision_config", "prompt_encoder_config", "mask_decoder_config")})
-    )
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        # Every decoder parameter random and O(1) (the tiny init gives logits ~1e-5), norms
-        # around 1 with non-zero biases.
-        for parameter in model.mask_decoder.parameters():
-            noise = torch.randn(parameter.shape, generator=generator)
-            fan_in = parameter[0].numel() if parameter.dim() > 1 else 1
-            parameter.copy_(noise / fan_in**0.5 if parameter.dim() > 1 else 0.3 * noise)
-        for module in model.mask_decoder.modules():
-            if isinstance(module, torch.nn.LayerNorm) or module.__class__.__name__.endswith("LayerNorm"):
-                module.weight.add_(1.0)
-    stock = Sam2Proposer(model, device="cpu", decoder="stock")
-    fast = Sam2Proposer(model, device="cpu", decoder="fast")
-    assert fast.decoder == "fast"  # its own check at load passed (no fallback to stock)
-    embedding = stock.embed(tiny_image)
-    # O(1) image features with a per-pixel offset (non-zero channel means), as real ones have.
-    embedding = dataclasses.replace(
-        embedding,
-        image_embeddings=torch.randn(embedding.image_embeddings.shape, generator=generator)
-        + torch.randn((1, 1, *embedding.image_embeddings.shape[2:]), generator=generator),
-        feat_s1=torch.randn(embedding.feat_s1.shape, generator=generator),
-        feat_s0=torch.randn(embedding.feat_s0.shape, generator=generator),
-    )
-    points = grid_points(4)
-    expected = stock.decode(embedding, points, batch_size=8, iou_threshold=-1.0)
-    got = fast.decode(embedding, points, batch_size=8, iou_threshold=-1.0)
-    torch.testing.assert_close(got.predicted_iou, expected.predicted_iou, rtol=0, atol=IOU_ATOL)
-    scale = float(expected.low_res_logits.abs().max())
-    assert scale > 0.1
-    torch.testing.assert_close(
-        got.low_res_logits, expected.low_res_logits, rtol=0, atol=1e-5 * max(scale, 1.0)
-    )
+    _assert_fast_equals_stock(_trained_looking_decoder(depth), tiny_image)
+
+
+@pytest.mark.parametrize(("scale", "offset"), [(0.1, 0.1), (30.0, 0.0), (1.0, 30.0)])
+def test_low_rank_tokens_hold_for_small_large_and_offset_features(tiny_image, scale, offset):
+    """The low-rank LayerNorm statistics are sums of expanded terms: features far from O(1), or
+    with channel means far larger than their spread, must not lose what cancels."""
+    _assert_fast_equals_stock(_trained_looking_decoder(2), tiny_image, scale, offset)
 
 
 def test_bfloat16_runs_and_stays_close(tiny_sam2_dir, tiny_image):
