@@ -33,26 +33,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+import script_env  # noqa: F401  (before torch: offline, huge pages, refseg on the path)
 
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
-try:
-    import refseg  # noqa: F401  (before torch: THP_MEM_ALLOC_ENABLE)
-except ImportError:
-    sys.path.insert(0, str(HERE.parent / "src"))
-    import refseg  # noqa: F401
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

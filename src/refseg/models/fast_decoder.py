@@ -365,9 +365,12 @@ def _image_to_tokens_probs(
     return scores.softmax(dim=2).view(n, heads * tokens, -1)
 
 
-def _image_to_tokens_values(attention: Sam2Attention, tokens: torch.Tensor) -> torch.Tensor:
-    """The T token values with the output projection folded in: (n, heads * T, C), so that
-    ``o_proj(P V) = P^T``-weighted sums of these rows (see :func:`_image_to_tokens_update`)."""
+def _image_to_tokens_values(
+    attention: Sam2Attention, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The T token values: as projected, (n, heads, T, d), and with the output projection
+    folded in, (n, heads * T, C), so that ``o_proj(P V) = P^T``-weighted sums of these rows
+    (see :func:`_image_to_tokens_update`)."""
     n, tokens_count, _ = tokens.shape
     heads = attention.num_attention_heads
     v = _split_heads(attention.v_proj(tokens), heads)  # (n, heads, T, d)
@@ -376,7 +379,7 @@ def _image_to_tokens_values(attention: Sam2Attention, tokens: torch.Tensor) -> t
     )  # (heads, d, C)
     # Each head's weights sum to 1 over its tokens, so bias / heads per value row adds the bias once.
     v_out = torch.matmul(v, o_weight) + attention.o_proj.bias / heads  # (n, heads, T, C)
-    return v_out.reshape(n, heads * tokens_count, -1)
+    return v, v_out.reshape(n, heads * tokens_count, -1)
 
 
 def _image_to_tokens_update(
@@ -458,7 +461,7 @@ def _run_transformer(
         image_q = context.first_image_q if index == 0 else None
         probs = _image_to_tokens_probs(back, queries + point_pe, keys_with_pe, image_q)
         del keys_with_pe  # (n, HW, C) each: drop what is no longer needed before the next one
-        values = _image_to_tokens_values(back, queries)
+        _, values = _image_to_tokens_values(back, queries)
         # Block 0's keys are the shared image tokens (broadcast, copied by the update); later
         # blocks own theirs (a LayerNorm output), so the update accumulates into them.
         updated = _image_to_tokens_update(probs, values, keys.expand(n, -1, -1), in_place=index > 0)
@@ -559,9 +562,7 @@ def _run_transformer_low_rank(
             image.heads_dot(k, q_weight, (index, "i2t"), source="pe", out=scores)
             grid = scores.view(n, heads, -1, scores.shape[-1]).add_(constant)
             probs = grid.softmax(dim=2).view(n, -1, scores.shape[-1])
-        heads = back.num_attention_heads
-        v = _split_heads(back.v_proj(queries), heads)  # (n, heads, T, d)
-        values = _image_to_tokens_values(back, queries)  # (n, heads * T, C)
+        v, values = _image_to_tokens_values(back, queries)  # (n, heads, T, d), (n, heads * T, C)
         new = LowRankTokens(
             image,
             probs,

@@ -19,8 +19,8 @@ centred values with the output projection folded in, ``r, g, b`` the previous La
 per-pixel reciprocal standard deviation, gain and bias. The tokens themselves are
 ``keys_l = r_l * (g_l . B_l) + b_l``. So, per prompt:
 
-- a projection ``W_h`` of the tokens dotted with token vectors ``q_j`` costs a products of
-  the small ``q_j^T W_h V_l^T`` (T x T per head) with ``P_l`` per block, plus per-head products
+- a projection ``W_h`` of the tokens dotted with token vectors ``q_j`` costs one product of
+  the small ``q_j^T W_h V_l^T`` (rows x rows) with ``P_l`` per block, plus per-head products
   of ``q_j`` with the per-image ``W_h c(X)`` (head width 16, not 256 channels);
 - attention pooling costs ``A P_l^T`` (rows x rows) per block plus per-head pooling of
   ``W_h c(X)``;
@@ -52,7 +52,7 @@ class ImageSide:
         self.mean = keys.mean(dim=-1)  # (N,)
         self.centred = keys - self.mean[:, None]  # (N, C)
         self.key_pe = key_pe
-        self._cache: dict[str, torch.Tensor] = {}
+        self._cache: dict[Hashable, torch.Tensor] = {}
 
     def memo(self, key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
         """``build()``, computed once per key. Keys are nested tuples naming what is built and
@@ -84,8 +84,9 @@ class ImageSide:
         ``s`` = c(X) (``source="x"``) or the positional encoding (``"pe"``), ``W`` (heads * d, C).
 
         Returns (n, heads * T, N); with ``out`` (that shape, contiguous) the products are added
-        to it in place. One product per prompt, all heads at once: a single product over heads
-        would give head-major memory order, and reordering it cost more than the product."""
+        to it in place. One product per prompt, all heads at once, so the result is in the
+        prompt-major order of every other per-pixel tensor here (one product over all heads
+        would be head-major)."""
         n, heads, tokens, d = q.shape
         matrix = self._heads_matrix(source, weight, heads, key)  # (heads, d, N)
         if out is None:
