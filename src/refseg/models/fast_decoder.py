@@ -488,6 +488,24 @@ def _run_transformer(
     return queries, keys, trace
 
 
+def _low_rank_scores(
+    vectors: torch.Tensor,
+    weight: torch.Tensor,
+    image: ImageSide,
+    centred: LowRankTokens,
+    norm: torch.nn.LayerNorm,
+    rstd: torch.Tensor,
+    key: tuple,
+) -> torch.Tensor:
+    """``v_j . W_h (keys[p] + pe[p])`` for token vectors ``vectors`` (n, heads, T, d), a
+    projection weight W (heads * d, C) and the image tokens ``keys = r * (g . B) + b`` of a
+    LayerNorm (``norm``, per-pixel ``rstd`` (n, HW)) over ``centred`` = B, without the term
+    ``v_j . W_h b``, which is the same for every pixel: (n, heads * T, HW)."""
+    gained = image.memo(("gain", key), lambda: weight * norm.weight)
+    scores = centred.linear(vectors, gained, key).mul_(rstd[:, None, :])
+    return image.heads_dot(vectors, weight, key, source="pe", out=scores)
+
+
 def _tokens_to_low_rank_image(
     attention: Sam2Attention,
     tokens_with_pe: torch.Tensor,
@@ -504,10 +522,7 @@ def _tokens_to_low_rank_image(
     gain, bias = norm.weight, norm.bias
     q = _split_heads(attention.q_proj(tokens_with_pe), heads) * attention.scaling  # (n, heads, T, d)
     # Scores q . Wk (r g.B + b + pe) + q . bk: the b and bk terms are constant along the softmax.
-    k_weight = attention.k_proj.weight
-    k_gain = image.memo(("gain", key, "k"), lambda: k_weight * gain)
-    scores = centred.linear(q, k_gain, (key, "k")).mul_(rstd[:, None, :])
-    image.heads_dot(q, k_weight, (key, "k"), source="pe", out=scores)
+    scores = _low_rank_scores(q, attention.k_proj.weight, image, centred, norm, rstd, (key, "k"))
     probs = scores.softmax(dim=-1)  # (n, heads * T, HW)
     # Values Wv (r g.B + b) + bv; each row of probs sums to 1.
     v_weight = attention.v_proj.weight
@@ -554,12 +569,11 @@ def _run_transformer_low_rank(
             heads = back.num_attention_heads
             k = _split_heads(back.k_proj(queries + point_pe), heads) * back.scaling  # (n, heads, T, d)
             q_weight = back.q_proj.weight
-            q_gain = image.memo(("gain", index, "i2t"), lambda w=q_weight, g=norm.weight: w * g)
-            scores = centred.linear(k, q_gain, (index, "i2t")).mul_(rstd[:, None, :])
+            scores = _low_rank_scores(k, q_weight, image, centred, norm, rstd, (index, "i2t"))
+            # The pixel-constant term k . (Wq b + bq) does not cancel: the softmax is over tokens.
             constant = (k * (q_weight @ norm.bias + back.q_proj.bias).view(heads, 1, -1)).sum(
                 -1, keepdim=True
             )
-            image.heads_dot(k, q_weight, (index, "i2t"), source="pe", out=scores)
             grid = scores.view(n, heads, -1, scores.shape[-1]).add_(constant)
             probs = grid.softmax(dim=2).view(n, -1, scores.shape[-1])
         v, values = _image_to_tokens_values(back, queries)  # (n, heads, T, d), (n, heads * T, C)

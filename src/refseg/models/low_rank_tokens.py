@@ -239,7 +239,7 @@ class LowRankTokens:
         k_values = values if k is None else values @ k  # (n, J, C)
         gram = torch.bmm(k_values, values.transpose(1, 2))  # (n, J, J)
         o_weight, o_bias = self.o_weight, self.o_bias
-        n, rows, _ = self.probs.shape
+        n = self.probs.shape[0]
         if self.previous is None:
             # Cross terms c(X)^T K V_i, V_i = W_h v_i + bo / heads - mean_i 1; sum_i P_i / heads = 1.
             o_k = self.image.memo(
@@ -256,9 +256,10 @@ class LowRankTokens:
             return total.add_(self.image.quad(k, key))
         inner_key = (key, "quad", self.key)
         lam = self.map
-        k_lam = lam if k is None else k @ lam  # K L
+        # K L and L^T K: (C, C) products, once per image rather than per chunk.
+        k_lam = lam if k is None else self.image.memo(("q-kl", inner_key), lambda: k @ lam)
+        lam_t_k = lam.t() if k is None else self.image.memo(("q-lk", inner_key), lambda: lam.t() @ k)
         k_bias = self.bias if k is None else k @ self.bias
-        lam_t_k = lam.t() if k is None else lam.t() @ k
         rstd = self.rstd
         # r^2 B'^T L^T K L B'
         total = self.previous.quad(self.image.memo(("q-k", inner_key), lambda: lam.t() @ k_lam), inner_key)
