@@ -48,9 +48,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from refseg import matching  # noqa: E402
-from refseg.models import fast_decoder, malloc  # noqa: E402
+from refseg.models import malloc  # noqa: E402
 from refseg.models.loading import load_proposer  # noqa: E402
-from refseg.models.sam2 import Sam2Proposer, decode_points_stock  # noqa: E402
+from refseg.models.sam2 import Sam2Proposer, decode_points_stock, fast_decoder  # noqa: E402
 from refseg.preprocess import proposer_input  # noqa: E402
 
 DEFAULT_IMAGE = HERE / "data" / "coffee.png"

@@ -32,8 +32,8 @@ from PIL import Image  # noqa: E402
 from torch.profiler import profile  # noqa: E402
 
 from refseg import matching  # noqa: E402
-from refseg.models import fast_decoder  # noqa: E402
 from refseg.models.loading import load_encoder, load_proposer  # noqa: E402
+from refseg.models.sam2 import fast_decoder  # noqa: E402
 from refseg.preprocess import encoder_input, proposer_input  # noqa: E402
 
 # The functions of the fast decoder's default float32 path (low-rank tokens, conv1 chain).

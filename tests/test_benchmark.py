@@ -335,7 +335,7 @@ def test_decoder_parts_timer_reports_and_restores(tiny_models, tiny_image):
     """profile_stages.py's per-function timers cover every decoder part and are removed after."""
     import profile_stages
 
-    from refseg.models import fast_decoder
+    from refseg.models.sam2 import fast_decoder
 
     proposer, _ = tiny_models
     embedding = proposer.embed(tiny_image)

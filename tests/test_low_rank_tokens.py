@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refseg.models.low_rank_tokens import ImageSide, LowRankTokens, centring_map
+from refseg.models.sam2.low_rank_tokens import ImageSide, LowRankTokens, centring_map
 
 PIXELS, CHANNELS, HEADS, TOKENS, HEAD_DIM, PROMPTS = 40, 12, 2, 3, 4, 2
 

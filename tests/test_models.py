@@ -10,12 +10,12 @@ import torch
 from tiny_models import tiny_sam2_config
 from transformers import Dinov2Model, Dinov2WithRegistersModel, Sam2Config, Sam2Model
 
-import refseg.models.fast_decoder as fast_decoder
 import refseg.models.malloc as malloc_tuning
+import refseg.models.sam2.fast_decoder as fast_decoder
 from refseg.errors import InvalidInputError
-from refseg.models import Encoder, Proposer, lean_hiera
+from refseg.models import Encoder, Proposer
 from refseg.models.dinov2 import Dinov2Encoder
-from refseg.models.sam2 import IMAGENET_MEAN, IMAGENET_STD, Sam2Proposer
+from refseg.models.sam2 import IMAGENET_MEAN, IMAGENET_STD, Sam2Proposer, lean_hiera
 
 LOGIT_ATOL = 1e-5
 IOU_ATOL = 1e-6

@@ -17,8 +17,8 @@ from typing import Literal
 import torch
 from transformers import Sam2Model
 
-from .base import Proposals
-from .malloc import release_freed_memory, retain_freed_memory
+from ..base import Proposals
+from ..malloc import release_freed_memory, retain_freed_memory
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

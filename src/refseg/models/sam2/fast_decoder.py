@@ -46,10 +46,10 @@ import torch.nn.functional as F
 from transformers import Sam2Model
 from transformers.models.sam2.modeling_sam2 import Sam2Attention
 
-from .base import Proposals
+from ..base import Proposals
+from ..malloc import retain_freed_memory
 from .low_rank_tokens import ImageSide, LowRankTokens
-from .malloc import retain_freed_memory
-from .sam2 import Sam2ImageEmbedding, empty_proposals
+from .proposer import Sam2ImageEmbedding, empty_proposals
 
 logger = logging.getLogger(__name__)
 
@@ -763,7 +763,7 @@ def fast_or_stock(model: Sam2Model, tolerance: float = 1e-4) -> str:
     Returns:
         "fast", or "stock" with a warning naming the difference.
     """
-    from .sam2 import decode_points_stock
+    from .proposer import decode_points_stock
 
     parameter = next(model.parameters())
     generator = torch.Generator().manual_seed(0)
