@@ -298,7 +298,7 @@ def run_configuration(spec: RunSpec) -> dict[str, Any]:
     segmenter = Segmenter(proposer, encoder, memory=memory, preset=settings)
     clock = StageClock(synchronize=torch.cuda.synchronize if cuda else None, rss=rss)
     proposer.embed = clock.wrap("embed", proposer.embed, keep=lambda e: e.image_embeddings[0].float().cpu())
-    proposer.decode = clock.wrap("decode", proposer.decode, keep=lambda proposals: proposals)
+    proposer.decode_points = clock.wrap("decode", proposer.decode_points, keep=lambda proposals: proposals)
     encoder.encode = clock.wrap("encode", encoder.encode, keep=lambda features: features[0].float().cpu())
     postprocess = clock.wrap("match", functools.partial(matching.postprocess, pool=code_path.pool))
 

@@ -9,7 +9,7 @@ from transformers import Dinov2Model, Dinov2WithRegistersModel
 
 from ..errors import InvalidInputError
 from .base import EncoderIdentity
-from .sam2 import autocast_context, imagenet_normalize
+from .inputs import autocast_context, imagenet_normalize
 
 
 class Dinov2Encoder:

@@ -30,7 +30,7 @@ from transformers import (
 
 from ..errors import InvalidInputError, WeightsUnavailableError
 from .dinov2 import Dinov2Encoder
-from .sam2 import DecoderName, EncoderName, Sam2Proposer
+from .sam2 import DecoderName, EncoderName, Sam2Options, Sam2Proposer
 
 logger = logging.getLogger(__name__)
 
@@ -273,6 +273,7 @@ def load_proposer(
     revision: str | None = None,
     decoder: DecoderName = "fast",
     encoder: EncoderName = "lean",
+    options: Sam2Options | None = None,
 ) -> Sam2Proposer:
     """A :class:`Sam2Proposer` from a hub id (``facebook/sam2-hiera-large``) or a directory.
 
@@ -283,6 +284,7 @@ def load_proposer(
         revision: hub branch, tag or commit (ignored for directories).
         decoder: "fast" or "stock" point decoder (same outputs).
         encoder: "lean" or "stock" Hiera forward (same outputs; lean uses less memory).
+        options: how the fast decoder and the lean encoder split their work (same outputs).
 
     Raises:
         WeightsUnavailableError: the weights cannot be reached or read.
@@ -299,7 +301,13 @@ def load_proposer(
         )
     model = _from_pretrained(_SAM2, text, checkpoint, Sam2Model, sam2_config_from(checkpoint.config))
     return Sam2Proposer(
-        model, device=torch_device, dtype=torch_dtype, decoder=decoder, encoder=encoder, name=checkpoint.name
+        model,
+        device=torch_device,
+        dtype=torch_dtype,
+        decoder=decoder,
+        encoder=encoder,
+        options=options,
+        name=checkpoint.name,
     )
 
 

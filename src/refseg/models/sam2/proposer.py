@@ -1,165 +1,61 @@
-"""SAM2 as a proposer: one image encoding, then many single-point prompts.
+"""SAM2 as a proposer: one image encoding, then any number of prompts against it.
 
 The image encoder runs once per image (:meth:`Sam2Proposer.embed`); the mask decoder then
-answers batches of prompts against that embedding (:meth:`Sam2Proposer.decode`). The decode
-step is a small function of its own (:func:`decode_points_stock`, or the faster
-:func:`refseg.models.fast_decoder.decode_points_fast` that gives the same outputs), so it can
-be swapped without touching the rest.
+answers prompts against that embedding: the point grid (:meth:`Sam2Proposer.decode_points`,
+stock or the faster :mod:`refseg.models.sam2.fast_decoder` with the same outputs), boxes
+(:meth:`Sam2Proposer.decode_boxes`) and the points and box of one object
+(:meth:`Sam2Proposer.decode_prompts`), as segment-anything's predictor does after
+``set_image``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from transformers import Sam2Model
 
 from ..base import Proposals
-from ..malloc import release_freed_memory, retain_freed_memory
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..inputs import autocast_context, imagenet_normalize
+from . import lean_hiera
+from .embedding import (
+    Sam2ImageEmbedding,
+    decode_boxes_stock,
+    decode_points_stock,
+    decode_prompts_stock,
+    empty_proposals,
+)
+from .fast_decoder import decode_points_fast, fast_or_stock
+from .options import DEFAULT_OPTIONS, Sam2Options
 
 DecoderName = Literal["fast", "stock"]
 EncoderName = Literal["lean", "stock"]
-
-
-def imagenet_normalize(images: torch.Tensor) -> torch.Tensor:
-    """ImageNet normalisation of (..., 3, H, W) float images in [0, 1]."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=images.dtype, device=images.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=images.dtype, device=images.device).view(3, 1, 1)
-    return (images - mean) / std
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:
-    """``torch.autocast`` to ``dtype`` on ``device``, disabled for float32."""
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-
-@dataclass
-class Sam2ImageEmbedding:
-    """SAM2 image features of one image, computed once and shared by every prompt.
-
-    Attributes:
-        image_embeddings: (1, C, 64, 64) lowest-resolution FPN features, no-memory
-            embedding added (C = 256 for the released models).
-        feat_s0: (1, C/8, 256, 256) highest-resolution features, already through the
-            mask decoder's ``conv_s0``.
-        feat_s1: (1, C/4, 128, 128) middle features, already through ``conv_s1``.
-    """
-
-    image_embeddings: torch.Tensor
-    feat_s0: torch.Tensor
-    feat_s1: torch.Tensor
-
-    def as_list(self) -> list[torch.Tensor]:
-        """The ``image_embeddings`` list ``Sam2Model.forward`` expects (high to low resolution)."""
-        return [self.feat_s0, self.feat_s1, self.image_embeddings]
-
-
-def empty_proposals(mask_size: int) -> Proposals:
-    return Proposals(
-        low_res_logits=torch.zeros((0, mask_size, mask_size), dtype=torch.float32),
-        predicted_iou=torch.zeros((0,), dtype=torch.float32),
-        points=torch.zeros((0, 2), dtype=torch.float32),
-    )
-
-
-def select_best_of_three(
-    mask_logits: torch.Tensor, iou_scores: torch.Tensor, iou_threshold: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per prompt, the multimask output with the highest predicted IoU, then the threshold.
-
-    Args:
-        mask_logits: (n, 3, h, w) multimask logits of n prompts.
-        iou_scores: (n, 3) their predicted IoU.
-        iou_threshold: a prompt survives when its best predicted IoU is > this.
-
-    Returns:
-        keep: (n,) bool, the surviving prompts.
-        best_logits: (k, h, w) the chosen logits of the k survivors, prompt order.
-        best_iou: (k,) their predicted IoU.
-    """
-    best_iou, best_index = iou_scores.max(dim=1)
-    keep = best_iou > iou_threshold
-    kept_rows = keep.nonzero().squeeze(1)
-    best_logits = mask_logits[kept_rows, best_index[kept_rows]]
-    return keep, best_logits, best_iou[kept_rows]
-
-
-@torch.inference_mode()
-def decode_points_stock(
-    model: Sam2Model,
-    embedding: Sam2ImageEmbedding,
-    points: torch.Tensor,
-    *,
-    batch_size: int,
-    iou_threshold: float,
-) -> Proposals:
-    """Decode single positive point prompts with ``Sam2Model.forward`` (the reference path).
-
-    Args:
-        model: the SAM2 model (its device is where the work happens).
-        embedding: the image's features from :meth:`Sam2Proposer.embed`.
-        points: (P, 2) float (x, y) in the model's input pixels, as handed to the prompt
-            encoder (which adds its own half-pixel shift).
-        batch_size: prompts per decoder call.
-        iou_threshold: keep a prompt when its best predicted IoU is > this.
-
-    Returns:
-        Proposals of the surviving prompts in prompt order, float32 on the CPU.
-    """
-    device = embedding.image_embeddings.device
-    logits_parts, iou_parts, point_parts = [], [], []
-    for start in range(0, points.shape[0], batch_size):
-        chunk = points[start : start + batch_size].to(device=device, dtype=torch.float32)
-        n = chunk.shape[0]
-        outputs = model(
-            image_embeddings=embedding.as_list(),
-            input_points=chunk.view(1, n, 1, 2),
-            input_labels=torch.ones((1, n, 1), dtype=torch.int32, device=device),
-            multimask_output=True,
-        )
-        keep, best_logits, best_iou = select_best_of_three(
-            outputs.pred_masks[0], outputs.iou_scores[0], iou_threshold
-        )
-        logits_parts.append(best_logits.float().cpu())
-        iou_parts.append(best_iou.float().cpu())
-        point_parts.append(chunk[keep].float().cpu())
-    mask_size = 4 * embedding.image_embeddings.shape[-1]
-    if not logits_parts:
-        return empty_proposals(mask_size)
-    return Proposals(torch.cat(logits_parts), torch.cat(iou_parts), torch.cat(point_parts))
-
-
-PointDecoder = Callable[..., Proposals]
 
 
 class Sam2Proposer:
     """Mask proposals from a ``transformers`` :class:`~transformers.Sam2Model`.
 
     Implements :class:`refseg.models.base.Proposer`. Inputs are moved to the model's device;
-    outputs come back float32 on the CPU.
+    outputs come back float32 on the CPU. The model is only read: proposers with different
+    choices below can share one model.
 
     Args:
         model: a SAM2 model (``Sam2Model``); put in eval mode and moved to ``device``.
         device: where to run (default: the model's current device).
         dtype: ``torch.float32`` (exact) or ``torch.bfloat16``/``torch.float16`` (autocast;
             the weights stay float32).
-        decoder: ``"fast"`` (default, :mod:`refseg.models.fast_decoder`, same outputs) or
-            ``"stock"`` (``Sam2Model.forward``, the straightforward path).
-        encoder: ``"lean"`` (default: the Hiera blocks get the forwards of
-            :mod:`refseg.models.lean_hiera`, same outputs in less memory; changes ``model``) or
-            ``"stock"``. The choice is made on ``model`` itself: the last proposer built on
-            a model decides for every proposer sharing it.
+        decoder: ``"fast"`` (default, :mod:`refseg.models.sam2.fast_decoder`, same outputs) or
+            ``"stock"`` (``Sam2Model.forward``, the straightforward path) for the point grid.
+        encoder: ``"lean"`` (default: :mod:`refseg.models.sam2.lean_hiera`, same outputs in
+            less memory) or ``"stock"``.
+        options: how the fast decoder and the lean encoder split their work (results do not
+            depend on it); default :class:`Sam2Options()`.
         name: where the weights came from (hub id or directory), for messages.
         check: compare the fast decoder and the lean encoder with transformers' own on small
-            random inputs first (~1 s for Hiera-L on 2 CPU cores) and fall back to the stock
-            ones, with a RuntimeWarning, where they differ (another transformers version).
-            ``decoder`` and ``encoder`` then say what is used.
+            random inputs first (cheap next to loading) and fall back to the stock ones, with
+            a RuntimeWarning, where they differ (another transformers version). ``decoder``
+            and ``encoder`` then say what is used.
     """
 
     def __init__(
@@ -170,6 +66,7 @@ class Sam2Proposer:
         dtype: torch.dtype = torch.float32,
         decoder: DecoderName = "fast",
         encoder: EncoderName = "lean",
+        options: Sam2Options | None = None,
         name: str = "sam2",
         check: bool = True,
     ) -> None:
@@ -180,27 +77,16 @@ class Sam2Proposer:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.eval().to(self.device)
         self.dtype = dtype
-        self.decoder = decoder
-        self.encoder = encoder
+        self.options = options if options is not None else DEFAULT_OPTIONS
+        self.decoder: DecoderName = decoder
+        self.encoder: EncoderName = encoder
         if check:
             # The fast and lean paths use transformers' SAM2 internals: check them once on
             # small random inputs, fall back (with a warning) if this version differs.
             if decoder == "fast":
-                from .fast_decoder import fast_or_stock
-
-                self.decoder = fast_or_stock(self.model)
+                self.decoder = fast_or_stock(self.model, self.options)
             if encoder == "lean":
-                from .lean_hiera import lean_or_stock
-
-                self.encoder = lean_or_stock(self.model)
-        elif encoder == "lean":
-            from .lean_hiera import make_lean
-
-            make_lean(self.model)
-        if self.encoder == "stock":  # the model may have been made lean by another proposer
-            from .lean_hiera import make_stock
-
-            make_stock(self.model)
+                self.encoder = lean_hiera.lean_or_stock(self.model, self.options)
         self.name = name
         prompt_config = model.config.prompt_encoder_config
         self.image_size: int = int(prompt_config.image_size)
@@ -226,28 +112,21 @@ class Sam2Proposer:
 
         Args:
             image: (3, S, S) float in [0, 1], S = ``image_size``, not normalised.
+
+        Returns:
+            The image's features on the model's device, for any number of decode calls.
         """
         self._check_image(image)
-        if self.device.type == "cpu" and self.encoder == "lean":
-            retain_freed_memory()  # from the first heavy stage on (models/malloc.py)
         pixels = imagenet_normalize(image.to(self.device, torch.float32))[None]
         with self._autocast():
             if self.encoder == "lean":
-                from .lean_hiera import image_embeddings
-
-                feat_s0, feat_s1, image_embeddings = image_embeddings(self.model, pixels)
+                maps = lean_hiera.image_embeddings(self.model, pixels, self.options.tokens_per_piece)
             else:
-                feat_s0, feat_s1, image_embeddings = self.model.get_image_embeddings(pixels)
+                maps = self.model.get_image_embeddings(pixels)
+        feat_s0, feat_s1, image_embeddings = maps
         return Sam2ImageEmbedding(image_embeddings=image_embeddings, feat_s0=feat_s0, feat_s1=feat_s1)
 
-    def _point_decoder(self) -> PointDecoder:
-        if self.decoder == "fast":
-            from .fast_decoder import decode_points_fast
-
-            return decode_points_fast
-        return decode_points_stock
-
-    def decode(
+    def decode_points(
         self,
         embedding: Sam2ImageEmbedding,
         points: torch.Tensor,
@@ -265,7 +144,8 @@ class Sam2Proposer:
 
         Returns:
             Proposals of the surviving prompts, prompt order, float32 on the CPU:
-            low_res_logits (N, 256, 256), predicted_iou (N,), points (N, 2).
+            low_res_logits (N, 256, 256), predicted_iou (N,), points (N, 2); per prompt the
+            best of the three multimask outputs by predicted IoU.
         """
         if points.dim() != 2 or points.shape[1] != 2:
             raise ValueError(f"points must be (P, 2), got {tuple(points.shape)}")
@@ -273,10 +153,13 @@ class Sam2Proposer:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if points.shape[0] == 0:
             return empty_proposals(self.mask_size)
+        arguments = {"batch_size": batch_size, "iou_threshold": iou_threshold}
         with torch.inference_mode(), self._autocast():
-            return self._point_decoder()(
-                self.model, embedding, points, batch_size=batch_size, iou_threshold=iou_threshold
-            )
+            if self.decoder == "fast":
+                return decode_points_fast(self.model, embedding, points, options=self.options, **arguments)
+            return decode_points_stock(self.model, embedding, points, **arguments)
+
+    decode = decode_points  # the name before the predictor-style seam
 
     def propose(
         self,
@@ -286,51 +169,87 @@ class Sam2Proposer:
         batch_size: int = 64,
         iou_threshold: float = 0.4,
     ) -> Proposals:
-        """Embed ``image`` once, then :meth:`decode` ``points``; see the Proposer protocol."""
+        """:meth:`embed` ``image``, then :meth:`decode_points` ``points`` (a shorthand)."""
         embedding = self.embed(image)
-        release_freed_memory()  # the encoder's temporaries, before the decoder's (models/malloc.py)
-        return self.decode(embedding, points, batch_size=batch_size, iou_threshold=iou_threshold)
+        return self.decode_points(embedding, points, batch_size=batch_size, iou_threshold=iou_threshold)
 
-    @torch.inference_mode()
     def decode_boxes(
         self, embedding: Sam2ImageEmbedding, boxes: torch.Tensor, *, batch_size: int = 64
     ) -> torch.Tensor:
-        """Single-mask output for box prompts against an embedded image.
+        """One object per box prompt (single-mask output) against an embedded image.
 
         Args:
             embedding: from :meth:`embed`.
             boxes: (K, 4) float xyxy in S-space.
-            batch_size: boxes per decoder call.
+            batch_size: boxes per decoder call (compute only).
 
         Returns:
             (K, 256, 256) float32 low-resolution mask logits on the CPU.
         """
         if boxes.dim() != 2 or boxes.shape[1] != 4:
             raise ValueError(f"boxes must be (K, 4), got {tuple(boxes.shape)}")
-        parts = []
-        with self._autocast():
-            for start in range(0, boxes.shape[0], batch_size):
-                chunk = boxes[start : start + batch_size].to(self.device, torch.float32)
-                outputs = self.model(
-                    image_embeddings=embedding.as_list(),
-                    input_boxes=chunk[None],
-                    multimask_output=False,
-                )
-                parts.append(outputs.pred_masks[0, :, 0].float().cpu())
-        if not parts:
-            return torch.zeros((0, self.mask_size, self.mask_size), dtype=torch.float32)
-        return torch.cat(parts)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        with torch.inference_mode(), self._autocast():
+            return decode_boxes_stock(self.model, embedding, boxes, batch_size=batch_size)
 
     def masks_from_boxes(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """Instance masks from box prompts (single-mask output); see the Proposer protocol.
-
-        Args:
-            image: (3, S, S) float in [0, 1].
-            boxes: (K, 4) float xyxy in S-space.
-
-        Returns:
-            (K, 256, 256) float32 low-resolution mask logits on the CPU.
-        """
+        """Instance masks from box prompts (single-mask output); see the Proposer protocol."""
         if boxes.shape[0] == 0:
             return torch.zeros((0, self.mask_size, self.mask_size), dtype=torch.float32)
         return self.decode_boxes(self.embed(image), boxes)
+
+    def decode_prompts(
+        self,
+        embedding: Sam2ImageEmbedding,
+        points: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        box: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, float]:
+        """The mask of one object prompted by points (positive or negative) and/or a box.
+
+        As SAM2's own image predictor is used: a single point without a box gives the best of
+        the three multimask outputs by predicted IoU; several points, or a box with or without
+        points, give the single-mask output.
+
+        Args:
+            embedding: from :meth:`embed`.
+            points: (P, 2) float (x, y) in S-space, or None.
+            labels: (P,) 1 (object) or 0 (not the object); None means all 1.
+            box: (4,) float xyxy in S-space, or None.
+
+        Returns:
+            (256, 256) float32 low-resolution logits on the CPU, and their predicted IoU.
+        """
+        points, labels, box = check_prompts(points, labels, box)
+        with torch.inference_mode(), self._autocast():
+            return decode_prompts_stock(self.model, embedding, points, labels, box)
+
+
+def check_prompts(
+    points: torch.Tensor | None, labels: torch.Tensor | None, box: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The prompts of one object as tensors of the expected shapes (labels default to 1).
+
+    Raises:
+        ValueError: no prompt at all, or a prompt of the wrong shape or label.
+    """
+    if points is not None:
+        points = torch.as_tensor(points, dtype=torch.float32)
+        if points.dim() != 2 or points.shape[1] != 2 or points.shape[0] == 0:
+            raise ValueError(f"points must be (P, 2) with P >= 1, got {tuple(points.shape)}")
+        labels = torch.ones(points.shape[0], dtype=torch.int32) if labels is None else torch.as_tensor(labels)
+        if tuple(labels.shape) != (points.shape[0],):
+            raise ValueError(f"labels must be ({points.shape[0]},), got {tuple(labels.shape)}")
+        if not bool(((labels == 0) | (labels == 1)).all()):
+            raise ValueError("labels must be 1 (object) or 0 (not the object)")
+        labels = labels.to(torch.int32)
+    elif labels is not None:
+        raise ValueError("labels were given without points")
+    if box is not None:
+        box = torch.as_tensor(box, dtype=torch.float32)
+        if tuple(box.shape) != (4,):
+            raise ValueError(f"box must be (4,) x1, y1, x2, y2, got {tuple(box.shape)}")
+    if points is None and box is None:
+        raise ValueError("a prompt needs points or a box")
+    return points, labels, box
