@@ -113,7 +113,7 @@ def _decode_with(
     variant = Sam2Proposer(
         proposer.model, device=proposer.device, decoder="fast", options=Sam2Options(**options), check=False
     )
-    return lambda: variant.decode(embedding, points, batch_size=64, iou_threshold=-1.0)
+    return lambda: variant.decode_points(embedding, points, batch_size=64, iou_threshold=-1.0)
 
 
 def _difference(a: Any, b: Any) -> dict[str, float]:
@@ -213,7 +213,7 @@ def run_levers(
         )
 
     def fast_decode() -> Any:
-        return lean.decode(embedding, points, batch_size=64, iou_threshold=-1.0)
+        return lean.decode_points(embedding, points, batch_size=64, iou_threshold=-1.0)
 
     rows: list[dict[str, Any]] = []
 
@@ -260,7 +260,7 @@ def run_levers(
         add("bfloat16 autocast", alternate(precision, repeats), "lean encoder, float32", None)
         precision = {
             "fast decoder, float32": fast_decode,
-            "fast decoder, bfloat16": lambda: half.decode(
+            "fast decoder, bfloat16": lambda: half.decode_points(
                 embedding, points, batch_size=64, iou_threshold=-1.0
             ),
         }

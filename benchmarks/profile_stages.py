@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     points = matching.point_grid(side, proposer.image_size)[: args.prompts]
 
     def run():
-        return proposer.decode(embedding, points, batch_size=64, iou_threshold=-1.0)
+        return proposer.decode_points(embedding, points, batch_size=64, iou_threshold=-1.0)
 
     print(_operator_table(run, args.rows))
     print(_decoder_parts(run, args.prompts))

@@ -3,9 +3,9 @@
 A scene is a grey noisy background with textured discs and squares; each class has its own
 colour. :class:`SyntheticEncoder` maps each patch's mean colour to a feature that encodes the
 class (a soft one-hot over the palette), and :class:`SyntheticProposer` finds the objects
-in the image itself (connected components of non-background pixels) and returns them as
-SAM2 would, plus the usual noise: a duplicate of each object, a fragment of each object,
-a low-quality proposal below the IoU threshold and background distractors.
+in the image itself (connected components of non-background pixels: its "embedding") and
+returns them as SAM2 would, plus the usual noise: a duplicate of each object, a fragment of
+each object, a low-quality proposal below the IoU threshold and background distractors.
 """
 
 from __future__ import annotations
@@ -114,14 +114,24 @@ def connected_components(foreground: np.ndarray) -> list[np.ndarray]:
     return [(labels == value).numpy() for value in torch.unique(labels) if value > 0]
 
 
+@dataclass
+class SyntheticEmbedding:
+    """What :meth:`SyntheticProposer.embed` sees in a picture: its objects on the low-res grid."""
+
+    objects: list[np.ndarray]  # (m, m) bool each
+
+
 class SyntheticProposer:
-    """Finds the scene's objects in the image and proposes them like SAM2 would, with noise."""
+    """Finds the scene's objects in the image and proposes them like SAM2 would, with noise.
+
+    Implements the :class:`refseg.models.base.Proposer` seam; counts its calls."""
 
     def __init__(self, image_size: int = 1024, low_res: int = 256, min_area: int = 20) -> None:
         self.image_size = image_size
         self.low_res = low_res
         self.min_area = min_area
         self.last_points: torch.Tensor | None = None
+        self.embed_calls = 0
         self.box_calls = 0
 
     def _objects(self, image: torch.Tensor) -> list[np.ndarray]:
@@ -130,12 +140,16 @@ class SyntheticProposer:
         foreground = ((pooled - background) ** 2).sum(0).sqrt() > 40.0
         return [m for m in connected_components(foreground.numpy()) if m.sum() >= self.min_area]
 
-    def propose(
-        self, image: torch.Tensor, points: torch.Tensor, *, batch_size: int, iou_threshold: float
+    def embed(self, image: torch.Tensor) -> SyntheticEmbedding:
+        self.embed_calls += 1
+        return SyntheticEmbedding(self._objects(image))
+
+    def decode_points(
+        self, embedding: SyntheticEmbedding, points: torch.Tensor, *, batch_size: int, iou_threshold: float
     ) -> Proposals:
         self.last_points = points
         masks, ious = [], []
-        for k, obj in enumerate(self._objects(image)):
+        for k, obj in enumerate(embedding.objects):
             ys, xs = np.nonzero(obj)
             fragment = obj & (xs.mean() >= np.arange(obj.shape[1]))[None, :]
             grown = F.max_pool2d(torch.from_numpy(obj)[None, None].float(), 3, 1, 1)[0, 0].numpy() > 0
@@ -153,19 +167,50 @@ class SyntheticProposer:
         centre = torch.full((len(masks), 2), self.image_size / 2.0)
         return Proposals(logits[keep], predicted_iou[keep], centre[keep])
 
-    def masks_from_boxes(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def decode_boxes(self, embedding: SyntheticEmbedding, boxes: torch.Tensor) -> torch.Tensor:
         """The object whose box centre is inside the prompt box, as logits."""
         self.box_calls += 1
         scale = self.low_res / self.image_size
-        objects = self._objects(image)
         out = torch.full((len(boxes), self.low_res, self.low_res), -8.0)
         for i, (x1, y1, x2, y2) in enumerate((boxes * scale).tolist()):
-            for obj in objects:
+            for obj in embedding.objects:
                 ys, xs = np.nonzero(obj)
                 if x1 <= xs.mean() <= x2 and y1 <= ys.mean() <= y2:
                     out[i][torch.from_numpy(obj)] = 8.0
                     break
         return out
+
+    def decode_prompts(
+        self,
+        embedding: SyntheticEmbedding,
+        points: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        box: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, float]:
+        """The first object under a positive point (or, without one, with its box centre in
+        the box) and under no negative point, as logits; predicted IoU 0.9 (0.0 for none)."""
+        scale = self.low_res / self.image_size
+        positive: list[tuple[int, int]] = []
+        negative: list[tuple[int, int]] = []
+        if points is not None:
+            labels = torch.ones(len(points)) if labels is None else labels
+            for (x, y), label in zip((points * scale).tolist(), labels.tolist(), strict=True):
+                cell = (min(int(y), self.low_res - 1), min(int(x), self.low_res - 1))
+                (positive if label == 1 else negative).append(cell)
+        logits = torch.full((self.low_res, self.low_res), -8.0)
+        for obj in embedding.objects:
+            if any(obj[cell] for cell in negative):
+                continue
+            if positive:
+                found = all(obj[cell] for cell in positive)
+            else:
+                ys, xs = np.nonzero(obj)
+                x1, y1, x2, y2 = (box * scale).tolist()
+                found = x1 <= xs.mean() <= x2 and y1 <= ys.mean() <= y2
+            if found:
+                logits[torch.from_numpy(obj)] = 8.0
+                return logits, 0.9
+        return logits, 0.0
 
 
 def scene_ground_truth(scenes: list[Scene], class_names: list[str]) -> dict:

@@ -340,7 +340,7 @@ def test_decoder_parts_timer_reports_and_restores(tiny_models, tiny_image):
     points = matching.point_grid(3, proposer.image_size)
     before = {name: getattr(*profile_stages.decoder_part(name)) for name in profile_stages.DECODER_PARTS}
     text = profile_stages._decoder_parts(
-        lambda: proposer.decode(embedding, points, batch_size=4, iou_threshold=-1.0), len(points)
+        lambda: proposer.decode_points(embedding, points, batch_size=4, iou_threshold=-1.0), len(points)
     )
     assert text.startswith("whole decode: ")
     for name in profile_stages.DECODER_PARTS:

@@ -169,3 +169,22 @@ def test_settings_are_used(segmenter):
     instances = segmenter.predict(make_scene(2).image)
     assert len(instances) == 2
     assert segmenter.proposer.last_points.shape == (16, 2)
+
+
+def test_the_synthetic_proposer_has_the_proposer_seam():
+    import torch
+
+    from refseg.models.base import Proposer
+
+    proposer = SyntheticProposer()
+    assert isinstance(proposer, Proposer)
+    scene = make_scene(13, classes=("red",), per_class=1)
+    seg = Segmenter(proposer, SyntheticEncoder())
+    embedding = proposer.embed(seg._proposer_input(scene.image)[0])
+    ys, xs = np.nonzero(scene.masks[0])
+    scale = proposer.image_size / scene.image.shape[0]
+    inside = torch.tensor([[xs.mean() * scale, ys.mean() * scale]])
+    logits, iou = proposer.decode_prompts(embedding, inside)
+    assert iou > 0.5 and (logits > 0).any()
+    _, none = proposer.decode_prompts(embedding, inside, torch.tensor([0]))  # "not this": nothing left
+    assert none == 0.0

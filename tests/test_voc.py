@@ -146,7 +146,8 @@ def test_size_read_from_the_image_when_the_xml_lacks_it(tmp_path: Path) -> None:
 class BoxFillProposer:
     """A fake proposer whose mask of a box is the box itself, on its 256 x 256 logit grid.
 
-    Records every call so the test can check the image and the boxes it was given."""
+    Its embedding is the image; records every decode so the test can check the image and the
+    boxes it was given."""
 
     image_size = 64
 
@@ -154,7 +155,10 @@ class BoxFillProposer:
         self.empty = empty
         self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def masks_from_boxes(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
+        return image.clone()
+
+    def decode_boxes(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         self.calls.append((image.clone(), boxes.clone()))
         logits = torch.full((len(boxes), 256, 256), -4.0)
         if self.empty:
@@ -245,7 +249,7 @@ def test_boxes_to_masks_checks_the_proposer_output(box_only: tuple[dict, Path, d
     coco, image_dir, _ = box_only
 
     class Wrong(BoxFillProposer):
-        def masks_from_boxes(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        def decode_boxes(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
             return torch.zeros((len(boxes) + 1, 256, 256))
 
     with pytest.raises(InvalidInputError, match="expected \\(K, h, w\\)"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -35,6 +36,10 @@ class Segmenter:
         encoder: any :class:`~refseg.models.base.Encoder` (DINOv2).
         memory: a memory bank built with the same encoder, or None for an empty one.
         preset: a preset name or :class:`Preset`; ``overrides`` change single settings.
+
+    The SAM2 embedding of the last reference picture is kept (one picture, keyed by its
+    pixels), so that several boxes or prompts on the same picture, and previews of them, run
+    SAM2's image encoder once.
     """
 
     def __init__(
@@ -49,6 +54,7 @@ class Segmenter:
         self.encoder = encoder
         self.settings = get_preset(preset).replace(**overrides)
         self._memory = MemoryBank(encoder.identity)
+        self._embedded: tuple[tuple, object] | None = None  # (picture key, SAM2 embedding)
         if memory is not None:
             self.memory = memory
 
@@ -118,7 +124,8 @@ class Segmenter:
     ) -> np.ndarray:
         """The (H, W) bool instance mask of a reference given as a mask or as a box.
 
-        A box (x1, y1, x2, y2 in pixels) is turned into a mask by SAM2 (single-mask output).
+        A box (x1, y1, x2, y2 in pixels) is turned into a mask by SAM2 (single-mask output),
+        against the picture's kept embedding when it is the last one SAM2 saw.
         """
         pixels = load_image(image)
         return self._reference_mask(pixels, mask, box)
@@ -136,7 +143,7 @@ class Segmenter:
         scale = torch.tensor([size / width, size / height, size / width, size / height])
         boxes = torch.tensor([[x1, y1, x2, y2]], dtype=torch.float32) * scale
         with torch.inference_mode():
-            logits = self.proposer.masks_from_boxes(self._proposer_input(pixels)[0], boxes)
+            logits = self.proposer.decode_boxes(self._embedding(pixels), boxes)
         upsampled = matching.upsample_masks(logits.float().cpu(), (height, width))[0].numpy()
         if not upsampled.any():
             raise InvalidInputError(f"SAM2 found no object inside the box {list(box)}; draw a mask instead.")
@@ -172,10 +179,27 @@ class Segmenter:
         provenance.setdefault("prompt", "mask" if mask is not None else "box")
         return self._memory.add(feature, class_name, provenance)
 
+    def _embedding(self, pixels: np.ndarray) -> object:
+        """SAM2's embedding of a reference picture: the kept one when ``pixels`` are those of
+        the last picture embedded here, else a new one (which is then kept instead)."""
+        key = (self.proposer, self.proposer.image_size, *picture_key(pixels))
+        kept = self._embedded
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        with torch.inference_mode():
+            embedding = self.proposer.embed(self._proposer_input(pixels)[0])
+        self._embedded = (key, embedding)
+        return embedding
+
     # ------------------------------------------------------------------ prediction
 
     def _proposer_input(self, pixels: np.ndarray) -> torch.Tensor:
         return proposer_input(pixels, self.proposer.image_size)
+
+    def _stage_done(self) -> None:
+        # Give freed memory back before the next stage (CPU, glibc; see models/malloc.py), so
+        # peak memory is the largest stage's, not their sum.
+        release_freed_memory()
 
     def _encoder_input(self, proposer_image: torch.Tensor) -> torch.Tensor:
         return encoder_input(proposer_image, self.encoder.identity.input_size)
@@ -187,12 +211,16 @@ class Segmenter:
 
     def _propose(self, square: torch.Tensor) -> Proposals:
         points = matching.point_grid(self.settings.points_per_side, self.proposer.image_size)
-        return self.proposer.propose(
-            square[0],
+        embedding = self.proposer.embed(square[0])
+        self._stage_done()  # the image encoder's temporaries are freed
+        proposals = self.proposer.decode_points(
+            embedding,
             points,
             batch_size=self.settings.points_batch_size,
             iou_threshold=self.settings.iou_threshold,
         )
+        del embedding  # the target's embedding is not kept: it is not asked for again
+        return proposals
 
     def predict(self, image: ImageLike) -> Instances:
         """Find, segment and label every instance of the memory's classes.
@@ -212,9 +240,7 @@ class Segmenter:
         with torch.inference_mode():
             square = self._proposer_input(pixels)
             proposals = self._propose(square)
-            # SAM2's temporaries are freed: give them back before the next stage (CPU, glibc;
-            # see models/malloc.py), so peak memory is the largest stage's, not their sum.
-            release_freed_memory()
+            self._stage_done()  # SAM2's temporaries and embedding are freed
             if len(proposals) == 0:
                 return Instances.empty(height, width, class_names)
             features = self.encoder.encode(self._encoder_input(square))[0].float().cpu()
@@ -230,7 +256,7 @@ class Segmenter:
                 max_instances=settings.max_instances,
             )
             del proposals, features
-            release_freed_memory()
+            self._stage_done()
         return Instances(
             masks=_numpy(result.masks).astype(bool),
             boxes=_numpy(result.boxes).astype(np.float32),
@@ -238,6 +264,14 @@ class Segmenter:
             labels=_numpy(result.labels).astype(np.int64),
             class_names=class_names,
         )
+
+
+def picture_key(pixels: np.ndarray) -> tuple:
+    """What identifies a picture's pixels: shape, dtype and a hash of every byte (cheap next
+    to SAM2's image encoder, and no edit of the picture goes unnoticed)."""
+    contiguous = np.ascontiguousarray(pixels)
+    digest = hashlib.blake2b(contiguous, digest_size=16).hexdigest()
+    return (contiguous.shape, str(contiguous.dtype), digest)
 
 
 def _numpy(value: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -2,8 +2,8 @@
 
 METHOD.md section 5: the paper made the masks of its box-only benchmarks, for references and
 targets alike, by prompting SAM with the ground-truth boxes. The paper used SAM ViT-H (SAM 1);
-refseg uses the configured SAM2 proposer instead (``Proposer.masks_from_boxes``), so masks,
-and segm numbers measured against them, differ slightly from the paper's.
+refseg uses the configured SAM2 proposer instead (``Proposer.decode_boxes``), so masks, and
+segm numbers measured against them, differ slightly from the paper's.
 """
 
 from __future__ import annotations
@@ -70,9 +70,10 @@ def boxes_to_masks(
 ) -> dict:
     """Give every box-only annotation a mask made by SAM2 from its box.
 
-    Per image: the image is resized to the proposer's square input, the annotations' boxes
-    are scaled to that space and handed to ``proposer.masks_from_boxes``; the low-resolution
-    logits are upsampled to the image size and thresholded at 0. The mask is stored as a
+    Per image: the image is resized to the proposer's square input and embedded once
+    (``proposer.embed``), the annotations' boxes are scaled to that space and decoded against
+    that embedding (``proposer.decode_boxes``, :data:`BOXES_PER_CALL` at a time); the
+    low-resolution logits are upsampled to the image size and thresholded at 0. The mask is stored as a
     compressed RLE ``segmentation`` with its ``area``; the ground-truth ``bbox`` is kept. An
     empty mask (SAM2 found nothing in the box) falls back to the filled box. Each changed
     annotation gets ``"mask_source"``: ``"sam2"`` or ``"box"``.
@@ -82,7 +83,7 @@ def boxes_to_masks(
     Args:
         coco: a COCO dict (not modified).
         image_dir: the folder the images' ``file_name`` are relative to.
-        proposer: anything with ``image_size`` and ``masks_from_boxes`` (a SAM2 proposer).
+        proposer: anything with ``image_size``, ``embed`` and ``decode_boxes`` (a SAM2 proposer).
         image_size: the proposer's input side; default ``proposer.image_size``.
         overwrite: also replace existing segmentations (default: only box-only annotations).
         progress: show a progress bar.
@@ -159,9 +160,10 @@ def _masks_for_boxes(proposer: Proposer, image: np.ndarray, boxes_xywh: list, si
     boxes = boxes_to_input_space(np.asarray(boxes_xywh, dtype=np.float32), height, width, size)
     chunks = []
     with torch.inference_mode():
+        embedding = proposer.embed(pixels) if len(boxes) else None  # once per image, every chunk
         for start in range(0, len(boxes), BOXES_PER_CALL):
             chunk = boxes[start : start + BOXES_PER_CALL]
-            logits = proposer.masks_from_boxes(pixels, chunk)
+            logits = proposer.decode_boxes(embedding, chunk)
             if logits.ndim != 3 or logits.shape[0] != len(chunk):
                 raise InvalidInputError(
                     f"The proposer returned masks of shape {tuple(logits.shape)} for {len(chunk)} boxes; "

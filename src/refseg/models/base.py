@@ -7,7 +7,7 @@ swap in synthetic models whose answer is known.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -69,24 +69,41 @@ class EncoderIdentity:
 
 @runtime_checkable
 class Proposer(Protocol):
-    """Makes mask proposals (SAM2)."""
+    """Makes mask proposals (SAM2), predictor-style: :meth:`embed` a picture once, then decode
+    any number of prompts against the embedding it returned (as segment-anything's
+    ``SamPredictor``: ``set_image``, then ``predict``).
 
-    image_size: int  # side of the square input, 1024 for SAM2
+    The embedding is whatever :meth:`embed` returns; callers keep it and hand it back,
+    never look inside. Every coordinate is in the proposer's S x S input space, as handed to
+    the prompt encoder (which adds its own half-pixel shift).
+    """
 
-    def propose(
+    image_size: int  # side S of the square input, 1024 for SAM2
+
+    def embed(self, image: torch.Tensor) -> Any:
+        """Run the image encoder once.
+
+        Args:
+            image: (3, S, S) float32 in [0, 1], S = ``image_size`` (not normalised).
+
+        Returns:
+            The picture's embedding, for any number of decode calls.
+        """
+        ...
+
+    def decode_points(
         self,
-        image: torch.Tensor,
+        embedding: Any,
         points: torch.Tensor,
         *,
         batch_size: int,
         iou_threshold: float,
     ) -> Proposals:
-        """Decode one single-point positive prompt per point.
+        """Decode one single-point positive prompt per point (the proposal grid).
 
         Args:
-            image: (3, S, S) float32 in [0, 1], S = ``image_size`` (not normalised).
-            points: (P, 2) float32 (x, y) prompt coordinates in S-space, as handed to the
-                prompt encoder (which adds its own half-pixel shift).
+            embedding: from :meth:`embed`.
+            points: (P, 2) float32 (x, y) prompt coordinates in S-space.
             batch_size: prompts per decoder call (compute only).
             iou_threshold: keep proposals whose best predicted IoU is > this.
 
@@ -96,15 +113,37 @@ class Proposer(Protocol):
         """
         ...
 
-    def masks_from_boxes(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """Instance masks from box prompts.
+    def decode_boxes(self, embedding: Any, boxes: torch.Tensor) -> torch.Tensor:
+        """One object per box prompt.
 
         Args:
-            image: (3, S, S) float32 in [0, 1].
+            embedding: from :meth:`embed`.
             boxes: (K, 4) float32 xyxy in S-space.
 
         Returns:
             (K, 256, 256) float32 low-resolution mask logits (single-mask output).
+        """
+        ...
+
+    def decode_prompts(
+        self,
+        embedding: Any,
+        points: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        box: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, float]:
+        """One object from positive/negative points and/or one box, as SAM2's own predictor
+        answers it: a single point without a box gives the best of the three multimask outputs
+        by predicted IoU, any other prompt the single-mask output.
+
+        Args:
+            embedding: from :meth:`embed`.
+            points: (P, 2) float32 (x, y) in S-space, or None.
+            labels: (P,) 1 (object) or 0 (not the object); None means all 1.
+            box: (4,) float32 xyxy in S-space, or None. Points or a box (or both) are needed.
+
+        Returns:
+            (256, 256) float32 low-resolution logits and their predicted IoU.
         """
         ...
 

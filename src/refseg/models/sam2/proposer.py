@@ -159,8 +159,6 @@ class Sam2Proposer:
                 return decode_points_fast(self.model, embedding, points, options=self.options, **arguments)
             return decode_points_stock(self.model, embedding, points, **arguments)
 
-    decode = decode_points  # the name before the predictor-style seam
-
     def propose(
         self,
         image: torch.Tensor,
@@ -192,12 +190,6 @@ class Sam2Proposer:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         with torch.inference_mode(), self._autocast():
             return decode_boxes_stock(self.model, embedding, boxes, batch_size=batch_size)
-
-    def masks_from_boxes(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """Instance masks from box prompts (single-mask output); see the Proposer protocol."""
-        if boxes.shape[0] == 0:
-            return torch.zeros((0, self.mask_size, self.mask_size), dtype=torch.float32)
-        return self.decode_boxes(self.embed(image), boxes)
 
     def decode_prompts(
         self,
