@@ -8,7 +8,7 @@ variants so that a noisy machine affects them alike, and keeping the fastest of 
 
 - decoder: stock ``Sam2Model.forward`` with all prompts in one call (the paper's way), stock in
   batches of 16, refseg's fast decoder without and with the conv1 chain, with the image tokens
-  built per prompt and as low-rank descriptions (models/low_rank_tokens.py), and the fast
+  built per prompt and as low-rank descriptions (models/sam2/low_rank_tokens.py), and the fast
   decoder's prompt chunk sizes;
 - image encoder: transformers' forward and refseg's lean one (time and working set, i.e. peak
   resident memory above the weights);
@@ -16,11 +16,11 @@ variants so that a noisy machine affects them alike, and keeping the fastest of 
 - with ``--torch-compile`` (needs a C++ compiler; ~20 s of compiling per shape), the fast
   decoder's two-way transformer (8 prompts) and its upscaling (4 prompts) eager and compiled.
 
-glibc malloc retention (models/malloc.py) is not among them: switched off and on inside one
-process, freed heap chunks from the "on" phases are still reused, so both variants measured
-alike here (10.45 vs 10.38 s encoder, 17.2 vs 17.3 ms per prompt) while fresh processes show
-the real effect. Measure it with the stage benchmark instead, whose configurations each run
-in a fresh process: ``REFSEG_RETAIN_FREED_MEMORY=0 python benchmarks/bench_stages.py ...``.
+glibc malloc retention (refseg/runtime.py; on here, as in the ``refseg`` command) is not among
+them: switched off and on inside one process, freed heap chunks from the "on" phases are still
+reused, so both variants measured alike (docs/speed.md) while fresh processes show the real
+effect. Measure it with the stage benchmark instead, whose configurations each run in a fresh
+process: ``REFSEG_RETAIN_FREED_MEMORY=0 python benchmarks/bench_stages.py ...``.
 
 Every decoder variant's proposals are compared with the stock decoder's (max logit and IoU
 difference), and the lean encoder's features with the stock encoder's.
@@ -47,8 +47,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from refseg import matching  # noqa: E402
-from refseg.models import malloc  # noqa: E402
+from refseg import matching, runtime  # noqa: E402
 from refseg.models.loading import load_proposer  # noqa: E402
 from refseg.models.sam2 import (  # noqa: E402
     Sam2Options,
@@ -84,7 +83,7 @@ def _reset_peak() -> None:
 
 def timed(run: Callable[[], Any]) -> tuple[float, float | None, Any]:
     """Seconds, peak resident GiB above the starting point (None off Linux), result."""
-    malloc.release_freed_memory()
+    runtime.release_freed_memory()
     start = _status_gib("VmRSS")
     _reset_peak()
     begin = time.perf_counter()
@@ -326,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    runtime.retain_freed_memory()  # the refseg command's policy (huge pages: script_env)
     sam2_dir = args.sam2
     if sam2_dir is None:
         from bench_models import checkpoint_dir

@@ -32,7 +32,7 @@ from bench_models import checkpoint_dir  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.profiler import profile  # noqa: E402
 
-from refseg import matching  # noqa: E402
+from refseg import matching, runtime  # noqa: E402
 from refseg.models.loading import load_encoder, load_proposer  # noqa: E402
 from refseg.preprocess import encoder_input, proposer_input  # noqa: E402
 
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=20, help="operators shown")
     parser.add_argument("--image", type=Path, default=HERE / "data" / "coffee.png")
     args = parser.parse_args(argv)
+    runtime.retain_freed_memory()  # the refseg command's policy (huge pages: script_env)
     pixels = np.asarray(Image.open(args.image).convert("RGB"))
     if args.stage == "dinov2":
         encoder = load_encoder(checkpoint_dir("dinov2-large"), device="cpu")

@@ -1,4 +1,4 @@
-"""The low-rank image tokens (models/low_rank_tokens.py) against the same quantities computed
+"""The low-rank image tokens (models/sam2/low_rank_tokens.py) against the same quantities computed
 on the built tokens, in float64 on random inputs, for blocks 0, 1 and 2."""
 
 from __future__ import annotations

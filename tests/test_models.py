@@ -10,7 +10,6 @@ import torch
 from tiny_models import tiny_sam2_config
 from transformers import Dinov2Model, Dinov2WithRegistersModel, Sam2Config, Sam2Model
 
-import refseg.models.malloc as malloc_tuning
 import refseg.models.sam2.fast_decoder as fast_decoder
 from refseg.errors import InvalidInputError
 from refseg.models import Encoder, Proposer
@@ -571,58 +570,3 @@ def test_encoder_bfloat16(tiny_models):
     features = half.encode(images)
     assert features.dtype == torch.float32
     torch.testing.assert_close(features, encoder.encode(images), rtol=0.1, atol=0.1)
-
-
-class _FakeMallopt:
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, int]] = []
-
-    def __call__(self, param: int, value: int) -> int:
-        self.calls.append((param, value))
-        return 1
-
-
-def _fake_glibc(mallopt: _FakeMallopt, trims: list[int]):
-    return type(
-        "Glibc",
-        (),
-        {
-            "gnu_get_libc_version": staticmethod(lambda: b"2.36"),
-            "mallopt": mallopt,
-            "malloc_trim": staticmethod(lambda pad: trims.append(pad) or 1),
-        },
-    )()
-
-
-def test_retain_freed_memory_raises_glibc_thresholds_once_and_release_trims(monkeypatch):
-    mallopt, trims = _FakeMallopt(), []
-    libc = _fake_glibc(mallopt, trims)
-    monkeypatch.setattr(malloc_tuning.sys, "platform", "linux")
-    monkeypatch.setattr(malloc_tuning.ctypes, "CDLL", lambda name: libc)
-    monkeypatch.setattr(malloc_tuning, "_malloc_tuned", None)
-    monkeypatch.setattr(malloc_tuning, "_libc", None)
-    assert malloc_tuning.release_freed_memory() is False  # nothing retained yet: nothing to trim
-    assert malloc_tuning.retain_freed_memory() is True
-    assert malloc_tuning.retain_freed_memory() is True
-    assert mallopt.calls == [
-        (-3, malloc_tuning.MALLOC_MMAP_THRESHOLD_BYTES),
-        (-1, malloc_tuning.MALLOC_TRIM_THRESHOLD_BYTES),
-    ]
-    assert max(value for _, value in mallopt.calls) < 2**31  # mallopt takes a C int
-    assert malloc_tuning.release_freed_memory() is True
-    assert trims == [0]
-
-
-def test_retain_freed_memory_leaves_other_libcs_and_opt_out_alone(monkeypatch):
-    mallopt, trims = _FakeMallopt(), []
-    musl = type("Musl", (), {"mallopt": mallopt, "malloc_trim": lambda pad: trims.append(pad)})()
-    monkeypatch.setattr(malloc_tuning.sys, "platform", "linux")
-    monkeypatch.setattr(malloc_tuning.ctypes, "CDLL", lambda name: musl)
-    monkeypatch.setattr(malloc_tuning, "_malloc_tuned", None)
-    monkeypatch.setattr(malloc_tuning, "_libc", None)
-    assert malloc_tuning.retain_freed_memory() is False
-    assert malloc_tuning.release_freed_memory() is False
-    monkeypatch.setattr(malloc_tuning, "_malloc_tuned", None)
-    monkeypatch.setattr(malloc_tuning, "RETAIN_FREED_MEMORY", False)
-    assert malloc_tuning.retain_freed_memory() is False
-    assert mallopt.calls == [] and trims == []

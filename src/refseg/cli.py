@@ -92,6 +92,7 @@ class ModelChoice:
 
     def load(self, *, device: str | None = None, memory: Any = None):
         """A :class:`~refseg.Segmenter` (raises WeightsUnavailableError when weights are out of reach)."""
+        from .runtime import release_freed_memory
         from .segmenter import Segmenter
 
         return Segmenter.from_pretrained(
@@ -101,6 +102,7 @@ class ModelChoice:
             device=device or self.device,
             dtype=self.dtype,
             memory=memory,
+            between_stages=release_freed_memory,  # the memory policy of refseg.__main__
             **self.overrides,
         )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +16,6 @@ from .errors import InvalidInputError
 from .instances import Instances
 from .memory import MaskLike, MemoryBank, decode_mask, reference_feature
 from .models.base import Encoder, Proposals, Proposer
-from .models.malloc import release_freed_memory
 from .preprocess import encoder_input, proposer_input
 from .presets import Preset, get_preset
 
@@ -36,6 +35,11 @@ class Segmenter:
         encoder: any :class:`~refseg.models.base.Encoder` (DINOv2).
         memory: a memory bank built with the same encoder, or None for an empty one.
         preset: a preset name or :class:`Preset`; ``overrides`` change single settings.
+        between_stages: called with no arguments after SAM2's image encoder, after its
+            decoder and after matching, once each stage's temporaries are freed (default:
+            nothing). The ``refseg`` command passes :func:`refseg.runtime.release_freed_memory`,
+            so that resident memory follows the stage in progress; the segmenter itself sets
+            no process-wide policy.
 
     The SAM2 embedding of the last reference picture is kept (one picture, keyed by its
     pixels), so that several boxes or prompts on the same picture, and previews of them, run
@@ -48,11 +52,14 @@ class Segmenter:
         encoder: Encoder,
         memory: MemoryBank | None = None,
         preset: str | Preset = "paper",
+        *,
+        between_stages: Callable[[], object] | None = None,
         **overrides: object,
     ) -> None:
         self.proposer = proposer
         self.encoder = encoder
         self.settings = get_preset(preset).replace(**overrides)
+        self.between_stages = between_stages
         self._memory = MemoryBank(encoder.identity)
         self._embedded: tuple[tuple, object] | None = None  # (picture key, SAM2 embedding)
         if memory is not None:
@@ -68,6 +75,7 @@ class Segmenter:
         device: str | None = None,
         dtype: str | None = None,
         memory: MemoryBank | str | os.PathLike | None = None,
+        between_stages: Callable[[], object] | None = None,
         **overrides: object,
     ) -> Segmenter:
         """Load SAM2 and DINOv2 (hub ids or local directories) as a preset says.
@@ -79,6 +87,7 @@ class Segmenter:
             device: "cuda", "cpu", "cuda:1"...; default CUDA when available.
             dtype: "float32" (default) or "bfloat16".
             memory: a MemoryBank or the path of a memory file.
+            between_stages: called between the stages of :meth:`predict` (see the class).
 
         Raises:
             WeightsUnavailableError: a model cannot be loaded (its message says how to use a local copy).
@@ -97,7 +106,7 @@ class Segmenter:
         )
         if memory is not None and not isinstance(memory, MemoryBank):
             memory = MemoryBank.load(memory)
-        return cls(proposer, dino, memory=memory, preset=settings)
+        return cls(proposer, dino, memory=memory, preset=settings, between_stages=between_stages)
 
     # ------------------------------------------------------------------ memory
 
@@ -197,9 +206,8 @@ class Segmenter:
         return proposer_input(pixels, self.proposer.image_size)
 
     def _stage_done(self) -> None:
-        # Give freed memory back before the next stage (CPU, glibc; see models/malloc.py), so
-        # peak memory is the largest stage's, not their sum.
-        release_freed_memory()
+        if self.between_stages is not None:
+            self.between_stages()
 
     def _encoder_input(self, proposer_image: torch.Tensor) -> torch.Tensor:
         return encoder_input(proposer_image, self.encoder.identity.input_size)
