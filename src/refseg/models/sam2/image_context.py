@@ -66,7 +66,7 @@ class ImageContext:
         chain: the first upscaling convolution pushed back through the transformer's image-side
             LayerNorms (see :class:`Conv1Chain`); None when the decoder runs under autocast.
         low_rank: the image side of the low-rank transformer (see low_rank_tokens.py); None
-            when the tokens are built (no chain, or :data:`LOW_RANK_TOKENS` off).
+            when the tokens are built (no chain, or ``Sam2Options.low_rank_tokens`` off).
     """
 
     keys: torch.Tensor
