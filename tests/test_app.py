@@ -17,7 +17,7 @@ from refseg.app import session as actions
 from refseg.app.session import SessionState, SharedModels
 from refseg.cli_viz import app_command
 from refseg.errors import EncoderMismatchError, InvalidInputError
-from refseg.memory import decode_mask
+from refseg.masks import decode_mask
 from refseg.models.base import EncoderIdentity
 
 

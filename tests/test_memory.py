@@ -11,10 +11,10 @@ from pycocotools import mask as mask_utils
 from synthetic import SyntheticEncoder, make_scene
 
 from refseg import EncoderMismatchError, InvalidInputError, MemoryBank
+from refseg.masks import decode_mask
+from refseg.masks import mask_box_exclusive as mask_box
 from refseg.memory import (
     context_crop_box,
-    decode_mask,
-    mask_box,
     pool_reference,
     read_memory_metadata,
     reference_feature,

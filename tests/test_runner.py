@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from refseg.errors import InvalidInputError
-from refseg.instances import Instances, masks_to_boxes
+from refseg.instances import Instances
+from refseg.masks import masks_to_boxes_exclusive as masks_to_boxes
 from refseg.references import add_coco_references, folder_references, read_mask
 from refseg.runner import (
     Target,
@@ -388,7 +389,7 @@ def test_add_coco_references_uses_masks_boxes_and_reports_the_rest(tmp_path: Pat
 
 
 def test_read_mask_understands_common_mask_pngs(tmp_path: Path) -> None:
-    from refseg.memory import decode_mask
+    from refseg.masks import decode_mask
 
     truth = np.zeros((6, 8), dtype=bool)
     truth[1:4, 2:6] = True

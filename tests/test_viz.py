@@ -15,7 +15,7 @@ from synthetic import SyntheticEncoder, SyntheticProposer, make_scene
 from refseg import Instances, MemoryBank, Segmenter
 from refseg.cli_viz import picture_references, show_memory_command
 from refseg.errors import InvalidInputError
-from refseg.instances import masks_to_boxes
+from refseg.masks import masks_to_boxes_exclusive as masks_to_boxes
 from refseg.models.base import EncoderIdentity
 from refseg.viz import (
     PALETTE,

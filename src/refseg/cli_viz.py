@@ -17,7 +17,8 @@ import click
 import numpy as np
 
 from .errors import InvalidInputError, RefsegError
-from .memory import MemoryBank, ReferenceRecord, decode_mask
+from .masks import decode_mask
+from .memory import MemoryBank, ReferenceRecord
 from .presets import PRESETS
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,8 @@ def _reference_mask(
     box_to_mask: BoxToMask | None,
 ) -> np.ndarray:
     """The mask of a reference from what its source recorded (mask, mask file, annotation or box)."""
-    from .data.coco import has_segmentation, segmentation_to_mask
+    from .data.coco import has_segmentation
+    from .masks import segmentation_to_mask
     from .references import read_mask
 
     source = record.source

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pycocotools import mask as mask_utils
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import EncoderMismatchError, InvalidInputError
+from .masks import mask_box_exclusive
 from .models.base import Encoder, EncoderIdentity
 from .preprocess import image_to_tensor
 
@@ -32,23 +32,8 @@ logger = logging.getLogger(__name__)
 FORMAT_NAME = "refseg.memory"
 FORMAT_VERSION = 1
 
-MaskLike = np.ndarray | list | dict
-
 
 # --------------------------------------------------------------------------- geometry
-
-
-def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """Tight box of a binary mask, xyxy with exclusive x2, y2 (pixel counts).
-
-    Raises:
-        InvalidInputError: the mask is empty.
-    """
-    ys = np.flatnonzero(mask.any(axis=1))
-    xs = np.flatnonzero(mask.any(axis=0))
-    if len(xs) == 0:
-        raise InvalidInputError("The reference mask is empty: mark at least one pixel of the object.")
-    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
 
 
 def context_crop_box(
@@ -97,7 +82,7 @@ def reference_inputs(
     """
     if mask.shape != image.shape[:2]:
         raise InvalidInputError(f"Mask shape {mask.shape} does not match image shape {image.shape[:2]}.")
-    x0, y0, x1, y1 = context_crop_box(mask_box(mask), image.shape[:2], context_ratio)
+    x0, y0, x1, y1 = context_crop_box(mask_box_exclusive(mask), image.shape[:2], context_ratio)
     crop = image_to_tensor(image[y0:y1, x0:x1])
     crop = F.interpolate(crop, size=(input_size, input_size), mode="bicubic", align_corners=False)
     crop_mask = torch.from_numpy(np.ascontiguousarray(mask[y0:y1, x0:x1])).float()[None, None]
@@ -131,39 +116,6 @@ def pool_reference(features: torch.Tensor, soft_mask: torch.Tensor) -> torch.Ten
         dense = F.interpolate(features[None], size=soft_mask.shape, mode="bilinear", align_corners=False)[0]
         return (dense * soft_mask).sum(dim=(1, 2)) / total
     return (features * weights).sum(dim=(1, 2)) / total
-
-
-def decode_mask(mask: MaskLike, image_hw: tuple[int, int]) -> np.ndarray:
-    """A reference mask as (H, W) bool: from a bool/0-1 array, a COCO polygon list or an RLE dict."""
-    height, width = image_hw
-    if not isinstance(mask, list | dict):  # array-like: numpy, torch, PIL
-        array = np.asarray(mask)
-        if array.ndim == 3 and array.shape[2] in (1, 3, 4):
-            array = array[..., 0]
-        if array.shape != (height, width):
-            raise InvalidInputError(f"Mask shape {array.shape} does not match image size {(height, width)}.")
-        return array > (127 if array.dtype == np.uint8 and array.max(initial=0) > 1 else 0)
-    try:
-        if isinstance(mask, list):
-            if not mask:
-                raise InvalidInputError("Empty polygon list for the reference mask.")
-            rles = mask_utils.frPyObjects(mask, height, width)
-            rle = mask_utils.merge(rles)
-        elif isinstance(mask, dict):
-            rle = mask
-            if isinstance(rle.get("counts"), list):
-                rle = mask_utils.frPyObjects(rle, height, width)
-            elif isinstance(rle.get("counts"), str):
-                rle = {"size": rle["size"], "counts": rle["counts"].encode("utf-8")}
-            if list(rle["size"]) != [height, width]:
-                raise InvalidInputError(
-                    f"RLE size {rle['size']} does not match image size {[height, width]}."
-                )
-        else:
-            raise InvalidInputError(f"Unsupported mask type {type(mask).__name__}.")
-        return mask_utils.decode(rle).astype(bool)
-    except (KeyError, TypeError, ValueError) as error:
-        raise InvalidInputError(f"Cannot decode the reference mask: {error}") from error
 
 
 def reference_feature(

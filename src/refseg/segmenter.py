@@ -13,7 +13,8 @@ from . import matching
 from .data.images import ImageLike, load_image
 from .errors import InvalidInputError
 from .instances import Instances
-from .memory import MaskLike, MemoryBank, decode_mask, reference_feature
+from .masks import MaskLike, decode_mask
+from .memory import MemoryBank, reference_feature
 from .models.base import Encoder, Proposals, Proposer
 from .models.malloc import release_freed_memory
 from .preprocess import encoder_input, proposer_input

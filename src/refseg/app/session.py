@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from ..data.images import load_image
 from ..errors import InvalidInputError
 from ..instances import Instances
-from ..memory import MemoryBank, context_crop_box, mask_box
+from ..masks import mask_box_exclusive, mask_to_rle
+from ..memory import MemoryBank, context_crop_box
 from ..runner import sidecar_path
 from ..segmenter import Segmenter
 from ..viz import draw_instances, draw_reference, memory_picture
@@ -205,11 +205,6 @@ def remember_strokes(state: SessionState, image: np.ndarray, painted: np.ndarray
         state.strokes = (_fingerprint(image), painted.copy())
 
 
-def _rle(mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("utf-8")}
-
-
 # --------------------------------------------------------------------------- actions
 
 
@@ -242,7 +237,10 @@ def add_reference(
         )
     segmenter = models.segmenter_for(state.bank)
     instance_mask = segmenter.reference_mask(image, mask=mask, box=None if mask is not None else box)
-    source: dict[str, Any] = {"prompt": "mask" if mask is not None else "box", "mask": _rle(instance_mask)}
+    source: dict[str, Any] = {
+        "prompt": "mask" if mask is not None else "box",
+        "mask": mask_to_rle(instance_mask),
+    }
     if mask is None and box is not None:
         source["box"] = [float(v) for v in box]
     if file_name:
@@ -250,7 +248,7 @@ def add_reference(
     ref_id = segmenter.add_reference(image, class_name.strip(), mask=instance_mask, source=source)
     state.bank = segmenter.memory
     ratio = segmenter.settings.context_ratio
-    x0, y0, x1, y1 = context_crop_box(mask_box(instance_mask), instance_mask.shape, ratio)
+    x0, y0, x1, y1 = context_crop_box(mask_box_exclusive(instance_mask), instance_mask.shape, ratio)
     state.crops[ref_id] = (image[y0:y1, x0:x1].copy(), instance_mask[y0:y1, x0:x1].copy())
     state.thumbnails[ref_id] = draw_reference(
         image, instance_mask, class_name=class_name.strip(), size=THUMBNAIL_SIZE, context_ratio=ratio
