@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -178,14 +176,6 @@ def model_options(*, predict: bool = True, references: bool = True) -> Callable:
         return wrapper
 
     return decorate
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- root
@@ -435,7 +425,7 @@ def predict(
       refseg predict --memory memory.safetensors --coco val.json --images val2017/ -o results.json
     """
     from .memory import MemoryBank
-    from .runner import coco_targets, collect_targets
+    from .targets import coco_targets, collect_targets
 
     if coco_json is not None:
         if images is None:
@@ -455,8 +445,8 @@ def predict(
     with distributed_context(models.device) as dist:
         segmenter = models.load(device=dist.device, memory=bank)
         if references_dir is not None:
-            memory_file = _build_folder_memory(segmenter, references_dir, output, dist)
-        summary = _run_predict(segmenter, target_list, output, memory_file, score_thr, vis_dir, resume, dist)
+            _build_folder_memory(segmenter, references_dir, output, dist)
+        summary = _run_predict(segmenter, target_list, output, score_thr, vis_dir, resume, dist)
     if summary is not None:
         _print_predict_summary(summary)
 
@@ -477,18 +467,10 @@ def _build_folder_memory(segmenter: Any, folder: str, output: str, dist: Distrib
     return str(path)
 
 
-def _run_info(segmenter: Any, memory_file: str, score_thr: float) -> dict[str, Any]:
-    """The settings that change results: a resume must use the same."""
-    settings = dataclasses.asdict(segmenter.settings)
-    settings.pop("points_batch_size", None)  # compute only
-    return {"settings": settings, "memory_sha256": file_sha256(memory_file), "score_thr": score_thr}
-
-
 def _run_predict(
     segmenter: Any,
     targets: list,
     output: str,
-    memory_file: str,
     score_thr: float,
     vis_dir: str | None,
     resume: bool,
@@ -503,7 +485,6 @@ def _run_predict(
         resume=resume,
         score_threshold=score_thr,
         vis_dir=vis_dir,
-        run_info=_run_info(segmenter, memory_file, score_thr),
         rank=dist.rank,
         world_size=dist.world_size,
         barrier=dist.barrier,
@@ -581,7 +562,7 @@ def eval_command(
 
 
 def _image_ids_from(path: str) -> list[int]:
-    from .runner import read_json
+    from .targets import read_json
 
     data = read_json(path)
     images = data.get("images") if isinstance(data, dict) else data
@@ -643,7 +624,7 @@ def reproduce_coco_fsod(
     from .evaluate import evaluate, format_table
     from .memory import MemoryBank
     from .references import add_coco_references
-    from .runner import coco_targets
+    from .targets import coco_targets
 
     root = Path(coco_root)
     train_json = root / "annotations" / "instances_train2017.json"
@@ -681,9 +662,7 @@ def reproduce_coco_fsod(
         segmenter.memory = MemoryBank.load(memory_path)
         if dist.is_main:
             echo(f"[3/4] predicting {len(targets)} val2017 images")
-        summary = _run_predict(
-            segmenter, targets, str(results_path), str(memory_path), 0.0, None, resume, dist
-        )
+        summary = _run_predict(segmenter, targets, str(results_path), 0.0, None, resume, dist)
     if summary is None:
         return
     _print_predict_summary(summary)
@@ -705,7 +684,7 @@ def reproduce_coco_fsod(
 
 def _same_draw(refs_path: Path, shots: int, seed: int) -> bool:
     """Whether a run folder's refs.json was drawn with these shots and seed."""
-    from .runner import read_json
+    from .targets import read_json
 
     info = read_json(refs_path).get("info", {})
     if info.get("shots") == shots and info.get("seed") == seed:

@@ -8,6 +8,7 @@ reference counting the same whatever its size.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -205,6 +206,22 @@ class MemoryBank:
         sums.index_add_(0, labels, features)
         means = sums / torch.bincount(labels, minlength=len(self._classes)).unsqueeze(1).to(features.dtype)
         return F.normalize(means, dim=1)
+
+    def fingerprint(self) -> str:
+        """sha256 of what predictions depend on: features, their classes, class order, category ids.
+
+        Equal for the same bank in any file (or none); a resume compares it
+        (:func:`refseg.partials.run_key`).
+        """
+        digest = hashlib.sha256()
+        digest.update(self.reference_features.contiguous().numpy().astype("<f4").tobytes())
+        described = {
+            "classes": self._classes,
+            "reference_classes": [r.class_name for r in self._records],
+            "category_ids": self.category_ids,
+        }
+        digest.update(json.dumps(described, sort_keys=True).encode("utf-8"))
+        return digest.hexdigest()
 
     # ---- editing
 

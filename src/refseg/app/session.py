@@ -8,7 +8,6 @@ own :class:`SessionState` (its memory bank, reference thumbnails and last result
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -27,7 +26,7 @@ from ..errors import InvalidInputError
 from ..instances import Instances
 from ..masks import mask_box_exclusive, mask_to_rle
 from ..memory import MemoryBank, context_crop_box
-from ..runner import sidecar_path
+from ..results import write_results
 from ..segmenter import Segmenter
 from ..viz import draw_instances, draw_reference, memory_picture
 
@@ -362,13 +361,8 @@ def render_results(
         coco.extend(shown.to_coco(image_id, category_ids))
         height, width = result.image.shape[:2]
         images.append({"id": image_id, "file_name": result.name, "height": height, "width": width})
-    categories = [{"id": i, "name": n} for n, i in sorted(category_ids.items(), key=lambda kv: kv[1])]
-    folder = state.folder()
-    results_path = folder / "results.json"
-    images_path = sidecar_path(results_path, "images")
-    results_path.write_text(json.dumps(coco))
-    images_path.write_text(json.dumps({"images": images, "categories": categories}, indent=1))
-    return gallery, [str(results_path), str(images_path)]
+    files = write_results(state.folder() / "results.json", coco, images, category_ids)
+    return gallery, [str(files.results), str(files.images)]
 
 
 def session_memory_picture(models: SharedModels, state: SessionState, *, tile_size: int = 112) -> Image.Image:
