@@ -267,7 +267,7 @@ def show_memory_command(
                 "None of the references' images and masks could be found (see above): pass --images "
                 "(and --coco for a memory built from a COCO json)."
             )
-        picture = memory_picture(dino, references, tile_size=tile_size)
+        picture = memory_picture(dino, references, context_ratio=bank.context_ratio, tile_size=tile_size)
         target = out if out is not None else memory_path.with_suffix(".png")
         target.parent.mkdir(parents=True, exist_ok=True)
         picture.save(target)

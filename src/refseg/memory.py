@@ -31,7 +31,10 @@ from .preprocess import image_to_tensor
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "refseg.memory"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # context_ratio (added after 0.1.0) is optional metadata: still version 1
+
+#: The context ratio of a file that records none: refseg 0.1.0 wrote none, and 0.2 was its default.
+ASSUMED_CONTEXT_RATIO = 0.2
 
 
 # --------------------------------------------------------------------------- geometry
@@ -154,10 +157,24 @@ class MemoryBank:
 
     Classes keep the order in which they were first added; a label ``k`` in results is the
     index into :attr:`class_names`.
+
+    The bank records the settings that shaped its features: the encoder (:attr:`encoder`, with
+    its input size) and the reference crop's :attr:`context_ratio`. All references of a bank
+    share one context ratio: an empty bank takes the ratio of its first reference, and adding
+    one made with another ratio raises :class:`InvalidInputError` (its feature would not be
+    comparable). Readers (``memory show``, the app's memory picture) crop with the bank's ratio.
+
+    Attributes:
+        encoder: identity of the encoder that made the features.
+        context_ratio: the references' crop margin (side = (1 + ratio) x the box's longer side).
+        context_ratio_assumed: True for a file that records no ratio (refseg 0.1.0): the ratio
+            is then :data:`ASSUMED_CONTEXT_RATIO`, 0.1.0's default.
     """
 
-    def __init__(self, encoder: EncoderIdentity) -> None:
+    def __init__(self, encoder: EncoderIdentity, context_ratio: float = ASSUMED_CONTEXT_RATIO) -> None:
         self.encoder = encoder
+        self.context_ratio = float(context_ratio)
+        self.context_ratio_assumed = False
         self._features: list[torch.Tensor] = []
         self._records: list[ReferenceRecord] = []
         self._classes: list[str] = []
@@ -225,9 +242,27 @@ class MemoryBank:
 
     # ---- editing
 
-    def add(self, feature: torch.Tensor, class_name: str, source: dict | None = None) -> int:
-        """Add one reference feature (C,). Returns its reference id."""
+    def add(
+        self,
+        feature: torch.Tensor,
+        class_name: str,
+        source: dict | None = None,
+        *,
+        context_ratio: float | None = None,
+    ) -> int:
+        """Add one reference feature (C,). Returns its reference id.
+
+        Args:
+            context_ratio: the crop margin the feature was made with. An empty bank takes it;
+                a non-empty bank refuses another one. None: the bank's (not checked).
+
+        Raises:
+            InvalidInputError: wrong feature size, a non-finite feature, or a context ratio other
+                than the bank's.
+        """
         class_name = _check_class_name(class_name)
+        if context_ratio is not None:
+            self._take_context_ratio(float(context_ratio))
         feature = feature.detach().float().cpu().reshape(-1)
         if feature.shape[0] != self.encoder.feature_dim:
             raise InvalidInputError(
@@ -242,6 +277,17 @@ class MemoryBank:
         self._features.append(feature)
         self._records.append(ReferenceRecord(ref_id, class_name, dict(source or {})))
         return ref_id
+
+    def _take_context_ratio(self, ratio: float) -> None:
+        if not self._records:
+            self.context_ratio, self.context_ratio_assumed = ratio, False
+        elif not math.isclose(ratio, self.context_ratio, rel_tol=0.0, abs_tol=1e-9):
+            assumed = " (assumed: the file does not record it)" if self.context_ratio_assumed else ""
+            raise InvalidInputError(
+                f"This memory bank's references were cropped with context ratio {self.context_ratio}"
+                f"{assumed}, this reference with {ratio}: one bank holds one ratio. Add it with "
+                f"context_ratio={self.context_ratio} (--context-ratio {self.context_ratio}), or build a new memory."
+            )
 
     def set_category_id(self, class_name: str, category_id: int) -> None:
         if class_name not in self._classes:
@@ -305,6 +351,8 @@ class MemoryBank:
             ),
             "next_id": str(self._next_id),
         }
+        if not self.context_ratio_assumed:  # an assumed ratio stays unrecorded: it was never known
+            metadata["context_ratio"] = json.dumps(self.context_ratio)
         tensors = {
             "reference_features": self.reference_features.contiguous(),
             "reference_labels": torch.tensor(
@@ -337,9 +385,12 @@ class MemoryBank:
             classes = json.loads(metadata["classes"])
             references = json.loads(metadata["references"])
             features = tensors["reference_features"]
-        except (KeyError, TypeError, json.JSONDecodeError) as error:
+            recorded = metadata.get("context_ratio")
+            context_ratio = ASSUMED_CONTEXT_RATIO if recorded is None else float(json.loads(recorded))
+        except (KeyError, TypeError, ValueError) as error:  # json.JSONDecodeError is a ValueError
             raise InvalidInputError(f"{path}: damaged memory metadata ({error}).") from error
-        bank = cls(encoder)
+        bank = cls(encoder, context_ratio)
+        bank.context_ratio_assumed = recorded is None
         bank._classes = [c["name"] for c in classes]
         bank._category_ids = {c["name"]: int(c["category_id"]) for c in classes}
         bank._records = [
@@ -358,6 +409,12 @@ class MemoryBank:
         lines = [
             f"encoder: {self.encoder.name} (revision {self.encoder.revision}, input {self.encoder.input_size}, "
             f"{self.encoder.feature_dim}-d features)",
+            f"context ratio: {self.context_ratio}"
+            + (
+                " (assumed: the file records none; refseg 0.1.0 used 0.2)"
+                if self.context_ratio_assumed
+                else ""
+            ),
             f"classes: {len(self._classes)}, references: {len(self._records)}",
         ]
         counts = self.counts()

@@ -171,7 +171,7 @@ class Segmenter:
         if isinstance(image, str | os.PathLike) and "file" not in provenance:
             provenance["file"] = os.fspath(image)
         provenance.setdefault("prompt", "mask" if mask is not None else "box")
-        return self._memory.add(feature, class_name, provenance)
+        return self._memory.add(feature, class_name, provenance, context_ratio=self.settings.context_ratio)
 
     # ------------------------------------------------------------------ prediction
 

@@ -61,11 +61,18 @@ class SharedModels:
     def segmenter_for(self, bank: MemoryBank | None) -> Segmenter:
         """A segmenter with the shared models and a session's memory bank (an empty one if None).
 
+        A bank that holds references keeps its own context ratio: references added in the page
+        are cropped as the bank's earlier ones were (a loaded file may have another ratio than
+        the app's preset).
+
         Raises:
             EncoderMismatchError: the bank was built with another encoder.
         """
         base = self.base()
-        return Segmenter(base.proposer, base.encoder, memory=bank, preset=base.settings)
+        settings = base.settings
+        if bank is not None and len(bank) > 0:
+            settings = settings.replace(context_ratio=bank.context_ratio)
+        return Segmenter(base.proposer, base.encoder, memory=bank, preset=settings)
 
 
 @dataclass
@@ -246,7 +253,7 @@ def add_reference(
         source["file"] = file_name
     ref_id = segmenter.add_reference(image, class_name.strip(), mask=instance_mask, source=source)
     state.bank = segmenter.memory
-    ratio = segmenter.settings.context_ratio
+    ratio = segmenter.memory.context_ratio
     x0, y0, x1, y1 = context_crop_box(mask_box_exclusive(instance_mask), instance_mask.shape, ratio)
     state.crops[ref_id] = (image[y0:y1, x0:x1].copy(), instance_mask[y0:y1, x0:x1].copy())
     state.thumbnails[ref_id] = draw_reference(
@@ -381,7 +388,7 @@ def session_memory_picture(models: SharedModels, state: SessionState, *, tile_si
         (*state.crops[r.ref_id], r.class_name) for r in state.bank.references if r.ref_id in state.crops
     ]
     return memory_picture(
-        segmenter.encoder, references, context_ratio=segmenter.settings.context_ratio, tile_size=tile_size
+        segmenter.encoder, references, context_ratio=state.bank.context_ratio, tile_size=tile_size
     )
 
 
