@@ -1,5 +1,5 @@
 """The images of a run: :class:`Target` (path, stable name, image id) from files, folders,
-globs or a COCO json."""
+globs or a COCO json, and the image ids of an images list."""
 
 from __future__ import annotations
 
@@ -99,6 +99,22 @@ def coco_targets(coco_json: str | os.PathLike, images_dir: str | os.PathLike) ->
         name = str(image["file_name"])
         targets.append(Target(root / name, name, int(image["id"])))
     return targets
+
+
+def read_image_ids(path: str | os.PathLike) -> list[int]:
+    """The image ids of a COCO-style images list (e.g. ``<results>.images.json``) or images file.
+
+    Raises:
+        InvalidInputError: an unreadable file, no ``images`` list, or an image without an integer id.
+    """
+    data = read_json(path)
+    images = data.get("images") if isinstance(data, dict) else data
+    if not isinstance(images, list):
+        raise InvalidInputError(f"{path} holds no images list.")
+    try:
+        return [int(image["id"]) for image in images]
+    except (KeyError, TypeError, ValueError):
+        raise InvalidInputError(f"{path}: every image needs an integer 'id'.") from None
 
 
 def read_json(path: str | os.PathLike) -> Any:
