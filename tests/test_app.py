@@ -15,7 +15,7 @@ from synthetic import SyntheticEncoder, SyntheticProposer, make_scene
 from refseg import MemoryBank, Segmenter
 from refseg.app import session as actions
 from refseg.app.session import SessionState, SharedModels
-from refseg.cli_viz import app_command
+from refseg.cli.app import app_command
 from refseg.errors import EncoderMismatchError, InvalidInputError
 from refseg.masks import decode_mask
 from refseg.models.base import EncoderIdentity

@@ -13,9 +13,10 @@ from pycocotools import mask as mask_utils
 from synthetic import SyntheticEncoder, SyntheticProposer, make_scene
 
 from refseg import Instances, MemoryBank, Segmenter
-from refseg.cli_viz import picture_references, show_memory_command
+from refseg.cli.memory import show_memory_command
 from refseg.errors import InvalidInputError
 from refseg.masks import masks_to_boxes_exclusive as masks_to_boxes
+from refseg.memory_pictures import picture_references
 from refseg.models.base import EncoderIdentity
 from refseg.viz import (
     PALETTE,
