@@ -70,8 +70,8 @@ def with_banner(picture: Image.Image, text: str | None) -> Image.Image:
 
 def ground_truth_instances(height: int, width: int):
     from refseg import Instances
-    from refseg.data.coco import segmentation_to_mask
-    from refseg.instances import masks_to_boxes
+    from refseg.masks import masks_to_boxes_exclusive as masks_to_boxes
+    from refseg.masks import segmentation_to_mask
 
     data = json.loads(GROUND_TRUTH.read_text())
     names = {c["id"]: c["name"] for c in data["categories"]}

@@ -15,9 +15,9 @@ from synthetic import SyntheticEncoder, SyntheticProposer, make_scene
 from refseg import MemoryBank, Segmenter
 from refseg.app import session as actions
 from refseg.app.session import SessionState, SharedModels
-from refseg.cli_viz import app_command
+from refseg.cli.app import app_command
 from refseg.errors import EncoderMismatchError, InvalidInputError
-from refseg.memory import decode_mask
+from refseg.masks import decode_mask
 from refseg.models.base import EncoderIdentity
 
 
@@ -177,6 +177,19 @@ def test_save_and_load_memory(models, scene, tmp_path) -> None:
     junk.write_bytes(b"not a memory file")
     with pytest.raises(InvalidInputError):
         actions.load_memory(models, other, junk)
+
+
+def test_a_loaded_bank_keeps_its_context_ratio_in_the_page(models, scene, tmp_path) -> None:
+    made = Segmenter(SyntheticProposer(), SyntheticEncoder(), preset="fast", context_ratio=0.5)
+    made.add_reference(scene.image, "red", mask=scene.masks[0])
+    state = SessionState()
+    actions.load_memory(models, state, made.memory.save(tmp_path / "wide.safetensors"))
+    actions.add_reference(models, state, "green", scene.image, mask=scene.masks[2])  # the app's preset: 0.2
+    assert state.bank.context_ratio == 0.5 and state.bank.counts() == {"red": 1, "green": 1}
+    wide = Segmenter(SyntheticProposer(), SyntheticEncoder(), preset="fast", context_ratio=0.5)
+    expected = wide.memory
+    wide.add_reference(scene.image, "green", mask=scene.masks[2])
+    assert torch.allclose(state.bank.reference_features[1], expected.reference_features[0])
 
 
 # --------------------------------------------------------------------------- runs

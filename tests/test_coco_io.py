@@ -15,17 +15,13 @@ from pycocotools.coco import COCO
 from refseg.data.coco import (
     annotation_to_mask,
     annotations_by_image,
-    box_to_mask,
     category_names,
     iter_images,
     load_coco,
-    mask_to_rle,
-    rle_area,
-    rle_to_bbox,
-    segmentation_to_mask,
     write_json,
 )
 from refseg.errors import InvalidInputError
+from refseg.masks import box_to_mask, mask_to_rle, rle_area, rle_to_bbox, segmentation_to_mask
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from refseg import matching
 from refseg.errors import EncoderMismatchError
-from refseg.instances import masks_to_boxes as exclusive_boxes
+from refseg.masks import masks_to_boxes_exclusive as exclusive_boxes
+from refseg.masks import masks_to_boxes_inclusive
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -157,7 +158,7 @@ def test_masks_to_boxes_torchvision_convention():
     masks[0, 2, 3] = True
     masks[1, 1:4, 2:7] = True
     masks[1, 5, 0] = True
-    boxes = matching.masks_to_boxes(masks)
+    boxes = masks_to_boxes_inclusive(masks)
     assert boxes.dtype == torch.float32
     assert boxes.tolist() == [[3, 2, 3, 2], [0, 1, 6, 5], [0, 0, 0, 0]]
     # the exclusive convention of Instances is the same box + 1 on x2, y2

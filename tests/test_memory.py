@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from pycocotools import mask as mask_utils
-from synthetic import SyntheticEncoder, make_scene
+from synthetic import SyntheticEncoder, SyntheticProposer, make_scene
 
-from refseg import EncoderMismatchError, InvalidInputError, MemoryBank
+from refseg import EncoderMismatchError, InvalidInputError, MemoryBank, Segmenter
+from refseg.masks import decode_mask
+from refseg.masks import mask_box_exclusive as mask_box
 from refseg.memory import (
     context_crop_box,
-    decode_mask,
-    mask_box,
     pool_reference,
     read_memory_metadata,
     reference_feature,
@@ -215,3 +215,40 @@ def test_reference_feature_encodes_the_class():
     feature = reference_feature(encoder, scene.image, scene.masks[0], 0.2)
     assert feature.shape == (encoder.identity.feature_dim,)
     assert int(feature.argmax()) == 1 + ["red", "green", "blue", "yellow"].index(scene.classes[0])
+
+
+# ---------------------------------------------------------------------------- context ratio
+
+
+def test_the_bank_records_its_context_ratio_and_keeps_one(tmp_path):
+    bank = MemoryBank(IDENTITY)
+    bank.add(torch.ones(4), "cat", context_ratio=0.35)  # an empty bank takes the first reference's
+    bank.add(torch.ones(4), "cat", context_ratio=0.35)
+    bank.add(torch.ones(4), "dog")  # no ratio given: the bank's, unchecked
+    with pytest.raises(
+        InvalidInputError, match=r"cropped with context ratio 0\.35.*this reference with 0\.2"
+    ):
+        bank.add(torch.ones(4), "dog", context_ratio=0.2)
+    assert len(bank) == 3
+    loaded = MemoryBank.load(bank.save(tmp_path / "m.safetensors"))
+    assert loaded.context_ratio == 0.35 and not loaded.context_ratio_assumed
+    assert json.loads(read_memory_metadata(tmp_path / "m.safetensors")["context_ratio"]) == 0.35
+    assert "context ratio: 0.35" in loaded.describe() and "assumed" not in loaded.describe()
+    for record in loaded.references:  # an emptied bank takes a new ratio
+        loaded.remove_reference(record.ref_id)
+    loaded.add(torch.ones(4), "cat", context_ratio=0.1)
+    assert loaded.context_ratio == 0.1
+
+
+def test_a_segmenter_does_not_mix_context_ratios_in_one_bank():
+    scene = make_scene(0, classes=("red", "blue"), size=(96, 96), per_class=1, radius=(10, 14))
+    encoder = SyntheticEncoder(input_size=112)
+    first = Segmenter(SyntheticProposer(), encoder, context_ratio=0.5)
+    first.add_reference(scene.image, "red", mask=scene.masks[0])
+    assert first.memory.context_ratio == 0.5
+    other = Segmenter(SyntheticProposer(), encoder, memory=first.memory)  # the preset's 0.2
+    with pytest.raises(InvalidInputError, match="context ratio 0.5"):
+        other.add_reference(scene.image, "blue", mask=scene.masks[1])
+    same = Segmenter(SyntheticProposer(), encoder, memory=first.memory, context_ratio=0.5)
+    same.add_reference(scene.image, "blue", mask=scene.masks[1])
+    assert first.memory.counts() == {"red": 1, "blue": 1}

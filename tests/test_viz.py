@@ -13,9 +13,10 @@ from pycocotools import mask as mask_utils
 from synthetic import SyntheticEncoder, SyntheticProposer, make_scene
 
 from refseg import Instances, MemoryBank, Segmenter
-from refseg.cli_viz import picture_references, show_memory_command
+from refseg.cli.memory import show_memory_command
 from refseg.errors import InvalidInputError
-from refseg.instances import masks_to_boxes
+from refseg.masks import masks_to_boxes_exclusive as masks_to_boxes
+from refseg.memory_pictures import picture_references
 from refseg.models.base import EncoderIdentity
 from refseg.viz import (
     PALETTE,
@@ -351,3 +352,37 @@ def test_memory_show_refuses_an_encoder_other_than_the_banks(tmp_path, tiny_dino
     path = bank.save(tmp_path / "memory.safetensors")
     result = CliRunner().invoke(show_memory_command, [str(path), "--encoder", str(tiny_dinov2_dir)])
     assert result.exit_code != 0 and "encoder" in result.output and "Traceback" not in result.output
+
+
+def test_memory_show_crops_with_the_banks_context_ratio(tmp_path, tiny_dinov2_dir) -> None:
+    from refseg.models.loading import load_encoder
+
+    encoder = load_encoder(tiny_dinov2_dir, device="cpu")
+    scene = make_scene(5, classes=("red",), size=(160, 160), per_class=1, radius=(12, 18))
+    Image.fromarray(scene.image).save(tmp_path / "scene.png")
+    segmenter = Segmenter(SyntheticProposer(), encoder, preset="fast", context_ratio=0.6)
+    segmenter.add_reference(
+        scene.image, "red", mask=scene.masks[0], source={"file": "scene.png", "mask": rle_of(scene.masks[0])}
+    )
+    memory_path = segmenter.memory.save(tmp_path / "memory.safetensors")
+    out = tmp_path / "memory.png"
+    result = CliRunner().invoke(
+        show_memory_command,
+        [
+            str(memory_path),
+            "-o",
+            str(out),
+            "--images",
+            str(tmp_path),
+            "--encoder",
+            str(tiny_dinov2_dir),
+            "--tile-size",
+            "32",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    references = [(scene.image, scene.masks[0], "red")]
+    wide = memory_picture(encoder, references, context_ratio=0.6, tile_size=32)
+    default = memory_picture(encoder, references, tile_size=32)
+    shown = np.asarray(Image.open(out).convert("RGB"))
+    assert np.array_equal(shown, np.asarray(wide)) and not np.array_equal(shown, np.asarray(default))

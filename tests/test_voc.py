@@ -13,10 +13,11 @@ import torch
 from cocodata import make_coco_dataset, make_voc_dataset
 
 from refseg.data.boxes import boxes_to_input_space, boxes_to_masks, logits_to_masks
-from refseg.data.coco import box_to_mask, iter_images, load_coco, segmentation_to_mask
+from refseg.data.coco import iter_images, load_coco
 from refseg.data.voc import voc_image_dir, voc_to_coco
 from refseg.errors import InvalidInputError
 from refseg.evaluate import evaluate
+from refseg.masks import box_to_mask, segmentation_to_mask
 from refseg.preprocess import proposer_input
 
 # ---------------------------------------------------------------- VOC -> COCO

@@ -26,17 +26,10 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .data.coco import (
-    check_coco,
-    has_segmentation,
-    load_coco,
-    rle_area,
-    rle_to_bbox,
-    rle_to_json,
-    segmentation_to_rle,
-)
+from .data.coco import check_coco, has_segmentation, load_coco
 from .data.splits import resolve_classes
 from .errors import InvalidInputError
+from .masks import rle_area, rle_to_bbox, rle_to_json, segmentation_to_rle
 
 logger = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import EncoderMismatchError
+from .masks import masks_to_boxes_inclusive
 
 logger = logging.getLogger(__name__)
 
@@ -147,31 +148,6 @@ def score_proposals(
 
 
 # ---------------------------------------------------------------------------- boxes and NMS (section 4)
-
-
-def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight boxes of binary masks, torchvision convention (inclusive x2, y2).
-
-    Args:
-        masks: (N, H, W) bool.
-
-    Returns:
-        (N, 4) float32 (x1, y1, x2, y2) = (min col, min row, max col, max row); zeros for an
-        empty mask.
-    """
-    n, height, width = masks.shape
-    if n == 0:
-        return torch.zeros((0, 4), dtype=torch.float32, device=masks.device)
-    rows = masks.any(dim=2)  # (N, H)
-    cols = masks.any(dim=1)  # (N, W)
-    row_index = torch.arange(height, device=masks.device)
-    col_index = torch.arange(width, device=masks.device)
-    x1 = torch.where(cols, col_index, width).amin(dim=1)
-    x2 = torch.where(cols, col_index, -1).amax(dim=1)
-    y1 = torch.where(rows, row_index, height).amin(dim=1)
-    y2 = torch.where(rows, row_index, -1).amax(dim=1)
-    boxes = torch.stack([x1, y1, x2, y2], dim=1).to(torch.float32)
-    return torch.where(cols.any(dim=1)[:, None], boxes, torch.zeros_like(boxes))
 
 
 def box_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
@@ -489,7 +465,7 @@ def postprocess(
     binary = low_res_logits > 0
     features = pool_object_features(feature_map, binary, method=pool)
     scores, labels = score_proposals(features, prototypes)
-    keep = batched_nms(masks_to_boxes(binary), predicted_iou, labels, nms_threshold)
+    keep = batched_nms(masks_to_boxes_inclusive(binary), predicted_iou, labels, nms_threshold)
     n_nms = len(keep)
     keep = keep[:max_candidates]
     keep = keep[scores[keep] > 0]

@@ -8,6 +8,7 @@ reference counting the same whatever its size.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -19,36 +20,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pycocotools import mask as mask_utils
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import EncoderMismatchError, InvalidInputError
+from .masks import mask_box_exclusive
 from .models.base import Encoder, EncoderIdentity
 from .preprocess import image_to_tensor
 
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "refseg.memory"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # context_ratio (added after 0.1.0) is optional metadata: still version 1
 
-MaskLike = np.ndarray | list | dict
+#: The context ratio of a file that records none: refseg 0.1.0 wrote none, and 0.2 was its default.
+ASSUMED_CONTEXT_RATIO = 0.2
 
 
 # --------------------------------------------------------------------------- geometry
-
-
-def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """Tight box of a binary mask, xyxy with exclusive x2, y2 (pixel counts).
-
-    Raises:
-        InvalidInputError: the mask is empty.
-    """
-    ys = np.flatnonzero(mask.any(axis=1))
-    xs = np.flatnonzero(mask.any(axis=0))
-    if len(xs) == 0:
-        raise InvalidInputError("The reference mask is empty: mark at least one pixel of the object.")
-    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
 
 
 def context_crop_box(
@@ -97,7 +86,7 @@ def reference_inputs(
     """
     if mask.shape != image.shape[:2]:
         raise InvalidInputError(f"Mask shape {mask.shape} does not match image shape {image.shape[:2]}.")
-    x0, y0, x1, y1 = context_crop_box(mask_box(mask), image.shape[:2], context_ratio)
+    x0, y0, x1, y1 = context_crop_box(mask_box_exclusive(mask), image.shape[:2], context_ratio)
     crop = image_to_tensor(image[y0:y1, x0:x1])
     crop = F.interpolate(crop, size=(input_size, input_size), mode="bicubic", align_corners=False)
     crop_mask = torch.from_numpy(np.ascontiguousarray(mask[y0:y1, x0:x1])).float()[None, None]
@@ -131,39 +120,6 @@ def pool_reference(features: torch.Tensor, soft_mask: torch.Tensor) -> torch.Ten
         dense = F.interpolate(features[None], size=soft_mask.shape, mode="bilinear", align_corners=False)[0]
         return (dense * soft_mask).sum(dim=(1, 2)) / total
     return (features * weights).sum(dim=(1, 2)) / total
-
-
-def decode_mask(mask: MaskLike, image_hw: tuple[int, int]) -> np.ndarray:
-    """A reference mask as (H, W) bool: from a bool/0-1 array, a COCO polygon list or an RLE dict."""
-    height, width = image_hw
-    if not isinstance(mask, list | dict):  # array-like: numpy, torch, PIL
-        array = np.asarray(mask)
-        if array.ndim == 3 and array.shape[2] in (1, 3, 4):
-            array = array[..., 0]
-        if array.shape != (height, width):
-            raise InvalidInputError(f"Mask shape {array.shape} does not match image size {(height, width)}.")
-        return array > (127 if array.dtype == np.uint8 and array.max(initial=0) > 1 else 0)
-    try:
-        if isinstance(mask, list):
-            if not mask:
-                raise InvalidInputError("Empty polygon list for the reference mask.")
-            rles = mask_utils.frPyObjects(mask, height, width)
-            rle = mask_utils.merge(rles)
-        elif isinstance(mask, dict):
-            rle = mask
-            if isinstance(rle.get("counts"), list):
-                rle = mask_utils.frPyObjects(rle, height, width)
-            elif isinstance(rle.get("counts"), str):
-                rle = {"size": rle["size"], "counts": rle["counts"].encode("utf-8")}
-            if list(rle["size"]) != [height, width]:
-                raise InvalidInputError(
-                    f"RLE size {rle['size']} does not match image size {[height, width]}."
-                )
-        else:
-            raise InvalidInputError(f"Unsupported mask type {type(mask).__name__}.")
-        return mask_utils.decode(rle).astype(bool)
-    except (KeyError, TypeError, ValueError) as error:
-        raise InvalidInputError(f"Cannot decode the reference mask: {error}") from error
 
 
 def reference_feature(
@@ -201,10 +157,24 @@ class MemoryBank:
 
     Classes keep the order in which they were first added; a label ``k`` in results is the
     index into :attr:`class_names`.
+
+    The bank records the settings that shaped its features: the encoder (:attr:`encoder`, with
+    its input size) and the reference crop's :attr:`context_ratio`. All references of a bank
+    share one context ratio: an empty bank takes the ratio of its first reference, and adding
+    one made with another ratio raises :class:`InvalidInputError` (its feature would not be
+    comparable). Readers (``memory show``, the app's memory picture) crop with the bank's ratio.
+
+    Attributes:
+        encoder: identity of the encoder that made the features.
+        context_ratio: the references' crop margin (side = (1 + ratio) x the box's longer side).
+        context_ratio_assumed: True for a file that records no ratio (refseg 0.1.0): the ratio
+            is then :data:`ASSUMED_CONTEXT_RATIO`, 0.1.0's default.
     """
 
-    def __init__(self, encoder: EncoderIdentity) -> None:
+    def __init__(self, encoder: EncoderIdentity, context_ratio: float = ASSUMED_CONTEXT_RATIO) -> None:
         self.encoder = encoder
+        self.context_ratio = float(context_ratio)
+        self.context_ratio_assumed = False
         self._features: list[torch.Tensor] = []
         self._records: list[ReferenceRecord] = []
         self._classes: list[str] = []
@@ -254,11 +224,45 @@ class MemoryBank:
         means = sums / torch.bincount(labels, minlength=len(self._classes)).unsqueeze(1).to(features.dtype)
         return F.normalize(means, dim=1)
 
+    def fingerprint(self) -> str:
+        """sha256 of what predictions depend on: features, their classes, class order, category ids.
+
+        Equal for the same bank in any file (or none); a resume compares it
+        (:func:`refseg.partials.run_key`).
+        """
+        digest = hashlib.sha256()
+        digest.update(self.reference_features.contiguous().numpy().astype("<f4").tobytes())
+        described = {
+            "classes": self._classes,
+            "reference_classes": [r.class_name for r in self._records],
+            "category_ids": self.category_ids,
+        }
+        digest.update(json.dumps(described, sort_keys=True).encode("utf-8"))
+        return digest.hexdigest()
+
     # ---- editing
 
-    def add(self, feature: torch.Tensor, class_name: str, source: dict | None = None) -> int:
-        """Add one reference feature (C,). Returns its reference id."""
+    def add(
+        self,
+        feature: torch.Tensor,
+        class_name: str,
+        source: dict | None = None,
+        *,
+        context_ratio: float | None = None,
+    ) -> int:
+        """Add one reference feature (C,). Returns its reference id.
+
+        Args:
+            context_ratio: the crop margin the feature was made with. An empty bank takes it;
+                a non-empty bank refuses another one. None: the bank's (not checked).
+
+        Raises:
+            InvalidInputError: wrong feature size, a non-finite feature, or a context ratio other
+                than the bank's.
+        """
         class_name = _check_class_name(class_name)
+        if context_ratio is not None:
+            self._take_context_ratio(float(context_ratio))
         feature = feature.detach().float().cpu().reshape(-1)
         if feature.shape[0] != self.encoder.feature_dim:
             raise InvalidInputError(
@@ -273,6 +277,17 @@ class MemoryBank:
         self._features.append(feature)
         self._records.append(ReferenceRecord(ref_id, class_name, dict(source or {})))
         return ref_id
+
+    def _take_context_ratio(self, ratio: float) -> None:
+        if not self._records:
+            self.context_ratio, self.context_ratio_assumed = ratio, False
+        elif not math.isclose(ratio, self.context_ratio, rel_tol=0.0, abs_tol=1e-9):
+            assumed = " (assumed: the file does not record it)" if self.context_ratio_assumed else ""
+            raise InvalidInputError(
+                f"This memory bank's references were cropped with context ratio {self.context_ratio}"
+                f"{assumed}, this reference with {ratio}: one bank holds one ratio. Add it with "
+                f"context_ratio={self.context_ratio} (--context-ratio {self.context_ratio}), or build a new memory."
+            )
 
     def set_category_id(self, class_name: str, category_id: int) -> None:
         if class_name not in self._classes:
@@ -336,6 +351,8 @@ class MemoryBank:
             ),
             "next_id": str(self._next_id),
         }
+        if not self.context_ratio_assumed:  # an assumed ratio stays unrecorded: it was never known
+            metadata["context_ratio"] = json.dumps(self.context_ratio)
         tensors = {
             "reference_features": self.reference_features.contiguous(),
             "reference_labels": torch.tensor(
@@ -368,9 +385,12 @@ class MemoryBank:
             classes = json.loads(metadata["classes"])
             references = json.loads(metadata["references"])
             features = tensors["reference_features"]
-        except (KeyError, TypeError, json.JSONDecodeError) as error:
+            recorded = metadata.get("context_ratio")
+            context_ratio = ASSUMED_CONTEXT_RATIO if recorded is None else float(json.loads(recorded))
+        except (KeyError, TypeError, ValueError) as error:  # json.JSONDecodeError is a ValueError
             raise InvalidInputError(f"{path}: damaged memory metadata ({error}).") from error
-        bank = cls(encoder)
+        bank = cls(encoder, context_ratio)
+        bank.context_ratio_assumed = recorded is None
         bank._classes = [c["name"] for c in classes]
         bank._category_ids = {c["name"]: int(c["category_id"]) for c in classes}
         bank._records = [
@@ -389,6 +409,12 @@ class MemoryBank:
         lines = [
             f"encoder: {self.encoder.name} (revision {self.encoder.revision}, input {self.encoder.input_size}, "
             f"{self.encoder.feature_dim}-d features)",
+            f"context ratio: {self.context_ratio}"
+            + (
+                " (assumed: the file records none; refseg 0.1.0 used 0.2)"
+                if self.context_ratio_assumed
+                else ""
+            ),
             f"classes: {len(self._classes)}, references: {len(self._records)}",
         ]
         counts = self.counts()

@@ -220,7 +220,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     """A mask image as (H, W): bool for palette images (index > 0), else uint8 grey.
 
     A uint8 mask counts as 0/1 when its maximum is 1, else as 0/255 (threshold 127), as
-    :func:`refseg.memory.decode_mask` reads it.
+    :func:`refseg.masks.decode_mask` reads it.
 
     Raises:
         InvalidInputError: the file cannot be read as an image.

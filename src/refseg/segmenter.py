@@ -14,7 +14,8 @@ from . import matching
 from .data.images import ImageLike, load_image
 from .errors import InvalidInputError
 from .instances import Instances
-from .memory import MaskLike, MemoryBank, decode_mask, reference_feature
+from .masks import MaskLike, decode_mask
+from .memory import MemoryBank, reference_feature
 from .models.base import Encoder, Proposals, Proposer
 from .preprocess import encoder_input, proposer_input
 from .presets import Preset, get_preset
@@ -186,7 +187,7 @@ class Segmenter:
         if isinstance(image, str | os.PathLike) and "file" not in provenance:
             provenance["file"] = os.fspath(image)
         provenance.setdefault("prompt", "mask" if mask is not None else "box")
-        return self._memory.add(feature, class_name, provenance)
+        return self._memory.add(feature, class_name, provenance, context_ratio=self.settings.context_ratio)
 
     def _embedding(self, pixels: np.ndarray) -> object:
         """SAM2's embedding of a reference picture: the kept one when ``pixels`` are those of

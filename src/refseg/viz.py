@@ -20,7 +20,8 @@ from PIL import Image, ImageDraw, ImageFont
 from .data.images import ImageLike, load_image
 from .errors import InvalidInputError
 from .instances import Instances
-from .memory import MaskLike, context_crop_box, decode_mask, mask_box, reference_inputs
+from .masks import MaskLike, decode_mask, mask_box_exclusive
+from .memory import context_crop_box, reference_inputs
 from .models.base import Encoder
 
 logger = logging.getLogger(__name__)
@@ -303,7 +304,7 @@ def draw_reference(
     """
     pixels = load_image(image)
     mask = decode_mask(mask, pixels.shape[:2])
-    x0, y0, x1, y1 = context_crop_box(mask_box(mask), pixels.shape[:2], context_ratio)
+    x0, y0, x1, y1 = context_crop_box(mask_box_exclusive(mask), pixels.shape[:2], context_ratio)
     color = class_color(class_name) if class_name is not None else (255, 255, 255)
     crop = Image.fromarray(pixels[y0:y1, x0:x1]).resize((size, size), Image.Resampling.BICUBIC)
     crop_mask = Image.fromarray(mask[y0:y1, x0:x1].astype(np.uint8) * 255).resize(
@@ -379,7 +380,7 @@ def memory_picture(
     Args:
         encoder: the memory bank's encoder.
         references: (image, mask, class name) triples; mask as for
-            :func:`refseg.memory.decode_mask`.
+            :func:`refseg.masks.decode_mask`.
         tile_size: side of each tile in pixels.
         fit_on_foreground: fit the PCA on foreground patches only (default: all patches).
 

@@ -8,7 +8,6 @@ own :class:`SessionState` (its memory bank, reference thumbnails and last result
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -21,13 +20,13 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from ..data.images import load_image
 from ..errors import InvalidInputError
 from ..instances import Instances
-from ..memory import MemoryBank, context_crop_box, mask_box
-from ..runner import sidecar_path
+from ..masks import mask_box_exclusive, mask_to_rle
+from ..memory import MemoryBank, context_crop_box
+from ..results import write_results
 from ..segmenter import Segmenter
 from ..viz import draw_instances, draw_reference, memory_picture
 
@@ -62,11 +61,20 @@ class SharedModels:
     def segmenter_for(self, bank: MemoryBank | None) -> Segmenter:
         """A segmenter with the shared models and a session's memory bank (an empty one if None).
 
+        A bank that holds references keeps its own context ratio: references added in the page
+        are cropped as the bank's earlier ones were (a loaded file may have another ratio than
+        the app's preset).
+
         Raises:
             EncoderMismatchError: the bank was built with another encoder.
         """
         base = self.base()
-        return Segmenter(base.proposer, base.encoder, memory=bank, preset=base.settings)
+        settings = base.settings
+        if bank is not None and len(bank) > 0:
+            settings = settings.replace(context_ratio=bank.context_ratio)
+        return Segmenter(
+            base.proposer, base.encoder, memory=bank, preset=settings, between_stages=base.between_stages
+        )
 
 
 @dataclass
@@ -205,11 +213,6 @@ def remember_strokes(state: SessionState, image: np.ndarray, painted: np.ndarray
         state.strokes = (_fingerprint(image), painted.copy())
 
 
-def _rle(mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("utf-8")}
-
-
 # --------------------------------------------------------------------------- actions
 
 
@@ -242,15 +245,18 @@ def add_reference(
         )
     segmenter = models.segmenter_for(state.bank)
     instance_mask = segmenter.reference_mask(image, mask=mask, box=None if mask is not None else box)
-    source: dict[str, Any] = {"prompt": "mask" if mask is not None else "box", "mask": _rle(instance_mask)}
+    source: dict[str, Any] = {
+        "prompt": "mask" if mask is not None else "box",
+        "mask": mask_to_rle(instance_mask),
+    }
     if mask is None and box is not None:
         source["box"] = [float(v) for v in box]
     if file_name:
         source["file"] = file_name
     ref_id = segmenter.add_reference(image, class_name.strip(), mask=instance_mask, source=source)
     state.bank = segmenter.memory
-    ratio = segmenter.settings.context_ratio
-    x0, y0, x1, y1 = context_crop_box(mask_box(instance_mask), instance_mask.shape, ratio)
+    ratio = segmenter.memory.context_ratio
+    x0, y0, x1, y1 = context_crop_box(mask_box_exclusive(instance_mask), instance_mask.shape, ratio)
     state.crops[ref_id] = (image[y0:y1, x0:x1].copy(), instance_mask[y0:y1, x0:x1].copy())
     state.thumbnails[ref_id] = draw_reference(
         image, instance_mask, class_name=class_name.strip(), size=THUMBNAIL_SIZE, context_ratio=ratio
@@ -364,13 +370,8 @@ def render_results(
         coco.extend(shown.to_coco(image_id, category_ids))
         height, width = result.image.shape[:2]
         images.append({"id": image_id, "file_name": result.name, "height": height, "width": width})
-    categories = [{"id": i, "name": n} for n, i in sorted(category_ids.items(), key=lambda kv: kv[1])]
-    folder = state.folder()
-    results_path = folder / "results.json"
-    images_path = sidecar_path(results_path, "images")
-    results_path.write_text(json.dumps(coco))
-    images_path.write_text(json.dumps({"images": images, "categories": categories}, indent=1))
-    return gallery, [str(results_path), str(images_path)]
+    files = write_results(state.folder() / "results.json", coco, images, category_ids)
+    return gallery, [str(files.results), str(files.images)]
 
 
 def session_memory_picture(models: SharedModels, state: SessionState, *, tile_size: int = 112) -> Image.Image:
@@ -389,7 +390,7 @@ def session_memory_picture(models: SharedModels, state: SessionState, *, tile_si
         (*state.crops[r.ref_id], r.class_name) for r in state.bank.references if r.ref_id in state.crops
     ]
     return memory_picture(
-        segmenter.encoder, references, context_ratio=segmenter.settings.context_ratio, tile_size=tile_size
+        segmenter.encoder, references, context_ratio=state.bank.context_ratio, tile_size=tile_size
     )
 
 

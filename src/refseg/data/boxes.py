@@ -18,10 +18,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
+from ..masks import box_to_mask, mask_to_rle
 from ..matching import upsample_masks
 from ..models.base import Proposer
 from ..preprocess import proposer_input
-from .coco import annotations_by_image, box_to_mask, has_segmentation, iter_images, mask_to_rle
+from .coco import annotations_by_image, has_segmentation, iter_images
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,7 @@
-"""COCO json input/output: robust loading, annotation <-> mask, image iteration, atomic writes.
+"""COCO json input/output: robust loading, annotation -> mask, image iteration, atomic writes.
 
-Masks are ``(H, W) bool`` numpy arrays. Segmentations follow the COCO format: a list of
-polygons (``[[x1, y1, x2, y2, ...], ...]``), an uncompressed RLE (``{"size": [h, w],
-"counts": [int, ...]}``, as COCO uses for crowd regions) or a compressed RLE (``counts`` a
-string or bytes). Masks written by refseg are compressed RLE with a utf-8 ``counts`` string,
-so they are json-safe.
+Masks are ``(H, W) bool`` numpy arrays; decoding and encoding COCO segmentations (polygons,
+uncompressed and compressed RLE) is :mod:`refseg.masks`'s job.
 """
 
 from __future__ import annotations
@@ -18,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from ..errors import InvalidInputError
+from ..masks import box_to_mask, segmentation_to_mask
 from .images import load_image
 
 logger = logging.getLogger(__name__)
@@ -108,69 +105,6 @@ def annotations_by_image(coco: Mapping) -> dict[int, list[dict]]:
     return grouped
 
 
-def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict:
-    """A COCO segmentation as one compressed RLE (pycocotools form: ``counts`` bytes).
-
-    Args:
-        segmentation: polygon list, uncompressed RLE or compressed RLE.
-        height, width: the image size; an RLE must agree with it.
-
-    Raises:
-        InvalidInputError: an unrecognised or inconsistent segmentation.
-    """
-    try:
-        if isinstance(segmentation, list):
-            polygons = [
-                [float(v) for v in polygon]
-                for polygon in segmentation
-                if isinstance(polygon, list | tuple) and len(polygon) >= 6 and len(polygon) % 2 == 0
-            ]
-            if len(polygons) != len(segmentation):
-                logger.debug("dropped %d degenerate polygons", len(segmentation) - len(polygons))
-            if not polygons:  # nothing drawable: an empty mask
-                return mask_utils.encode(np.zeros((height, width), dtype=np.uint8, order="F"))
-            return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-        if isinstance(segmentation, Mapping) and "counts" in segmentation and "size" in segmentation:
-            size = [int(v) for v in segmentation["size"]]
-            if size != [height, width]:
-                raise InvalidInputError(f"RLE size {size} does not match the image size {[height, width]}.")
-            counts = segmentation["counts"]
-            if isinstance(counts, list):  # uncompressed RLE
-                return mask_utils.frPyObjects(
-                    {"size": size, "counts": [int(c) for c in counts]}, height, width
-                )
-            if isinstance(counts, str):
-                counts = counts.encode("utf-8")
-            if isinstance(counts, bytes):
-                return {"size": size, "counts": counts}
-    except (TypeError, ValueError, OverflowError) as error:
-        raise InvalidInputError(f"Cannot decode a segmentation: {error}") from error
-    raise InvalidInputError(
-        "Unrecognised segmentation: expected a polygon list or an RLE dict with 'size' and 'counts', "
-        f"got {type(segmentation).__name__}."
-    )
-
-
-def segmentation_to_mask(segmentation: Any, height: int, width: int) -> np.ndarray:
-    """A COCO segmentation (polygons, uncompressed or compressed RLE) as an (H, W) bool mask."""
-    rle = segmentation_to_rle(segmentation, height, width)
-    try:
-        mask = mask_utils.decode(rle)
-    except (TypeError, ValueError) as error:
-        raise InvalidInputError(f"Cannot decode an RLE segmentation: {error}") from error
-    return mask.astype(bool)
-
-
-def box_to_mask(bbox: Sequence[float], height: int, width: int) -> np.ndarray:
-    """The (H, W) bool mask of a COCO box (x, y, w, h), pixels whose centre lies inside it."""
-    x, y, w, h = (float(v) for v in bbox)
-    mask = np.zeros((height, width), dtype=bool)
-    x0, y0 = max(0, int(np.ceil(x - 0.5))), max(0, int(np.ceil(y - 0.5)))
-    x1, y1 = min(width, int(np.ceil(x + w - 0.5))), min(height, int(np.ceil(y + h - 0.5)))
-    mask[y0:y1, x0:x1] = True
-    return mask
-
-
 def has_segmentation(annotation: Mapping) -> bool:
     """Whether an annotation carries a non-empty segmentation."""
     segmentation = annotation.get("segmentation")
@@ -200,41 +134,6 @@ def annotation_to_mask(
         f"Annotation {annotation.get('id', '?')} has no segmentation. For box-only data sets, "
         "make masks first (refseg.data.boxes.boxes_to_masks)."
     )
-
-
-def mask_to_rle(mask: np.ndarray) -> dict:
-    """An (H, W) bool mask as a json-safe compressed RLE: ``{"size": [H, W], "counts": str}``."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise InvalidInputError(f"Expected an (H, W) mask, got shape {mask.shape}.")
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return rle_to_json(rle)
-
-
-def rle_to_json(rle: Mapping) -> dict:
-    """A pycocotools RLE (``counts`` bytes) as a json-safe dict (``counts`` str)."""
-    counts = rle["counts"]
-    if isinstance(counts, bytes):
-        counts = counts.decode("utf-8")
-    return {"size": [int(v) for v in rle["size"]], "counts": counts}
-
-
-def rle_area(rle: Mapping) -> int:
-    """Number of foreground pixels of a compressed RLE (``counts`` str or bytes)."""
-    return int(mask_utils.area(_as_bytes_rle(rle)))
-
-
-def rle_to_bbox(rle: Mapping) -> list[float]:
-    """The COCO box (x, y, w, h) of a compressed RLE."""
-    return [float(v) for v in mask_utils.toBbox(_as_bytes_rle(rle))]
-
-
-def _as_bytes_rle(rle: Mapping) -> dict:
-    counts = rle["counts"]
-    return {
-        "size": list(rle["size"]),
-        "counts": counts.encode("utf-8") if isinstance(counts, str) else counts,
-    }
 
 
 def image_path(image_info: Mapping, image_dir: str | os.PathLike) -> Path:
