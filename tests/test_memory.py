@@ -252,3 +252,39 @@ def test_a_segmenter_does_not_mix_context_ratios_in_one_bank():
     same = Segmenter(SyntheticProposer(), encoder, memory=first.memory, context_ratio=0.5)
     same.add_reference(scene.image, "blue", mask=scene.masks[1])
     assert first.memory.counts() == {"red": 1, "blue": 1}
+
+
+# ---------------------------------------------------------------------------- encoder fingerprints
+
+
+def test_an_encoder_with_any_weight_changed_is_refused_but_0_1_0_files_compare_like_with_like(
+    tiny_dinov2_dir,
+) -> None:
+    """The legacy fingerprint hashes two tensors; the all-weights one notices any change. A file
+    of refseg 0.1.0 (legacy kind only) is compared on that kind alone."""
+    from refseg.models.base import LEGACY_FINGERPRINT_KIND
+    from refseg.models.dinov2 import ALL_WEIGHTS_FINGERPRINT_KIND, Dinov2Encoder
+    from refseg.models.loading import load_encoder
+
+    original = load_encoder(tiny_dinov2_dir, device="cpu")
+    changed_model = load_encoder(tiny_dinov2_dir, device="cpu").model
+    parameters = list(changed_model.parameters())
+    with torch.no_grad():
+        parameters[len(parameters) // 2].add_(0.01)  # neither the first nor the last tensor
+    changed = Dinov2Encoder(changed_model, name=original.identity.name, revision="local")
+    kinds = original.identity.fingerprints_by_kind()
+    assert set(kinds) == {LEGACY_FINGERPRINT_KIND, ALL_WEIGHTS_FINGERPRINT_KIND}
+    assert len(kinds[ALL_WEIGHTS_FINGERPRINT_KIND]) == 64
+    assert changed.identity.fingerprint == original.identity.fingerprint  # the two tensors agree
+    bank = MemoryBank(original.identity)
+    bank.check_encoder(load_encoder(tiny_dinov2_dir, device="cpu").identity)  # same weights: accepted
+    with pytest.raises(EncoderMismatchError, match=ALL_WEIGHTS_FINGERPRINT_KIND):
+        bank.check_encoder(changed.identity)
+    # A bank that knows only the legacy kind (a 0.1.0 file) compares that kind: accepted.
+    legacy = EncoderIdentity(**original.identity.as_dict())
+    assert legacy.fingerprints_by_kind() == {LEGACY_FINGERPRINT_KIND: original.identity.fingerprint}
+    MemoryBank(legacy).check_encoder(changed.identity)
+    # Another model differs on the legacy kind too.
+    other = EncoderIdentity(**{**original.identity.as_dict(), "fingerprint": "0" * 16})
+    with pytest.raises(EncoderMismatchError, match=LEGACY_FINGERPRINT_KIND):
+        MemoryBank(other).check_encoder(changed.identity)
