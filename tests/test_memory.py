@@ -288,3 +288,63 @@ def test_an_encoder_with_any_weight_changed_is_refused_but_0_1_0_files_compare_l
     other = EncoderIdentity(**{**original.identity.as_dict(), "fingerprint": "0" * 16})
     with pytest.raises(EncoderMismatchError, match=LEGACY_FINGERPRINT_KIND):
         MemoryBank(other).check_encoder(changed.identity)
+
+
+# ---------------------------------------------------------------------------- negative references
+
+
+def test_negatives_live_beside_positives_and_leave_prototypes_alone():
+    plain = MemoryBank(IDENTITY)
+    bank = MemoryBank(IDENTITY)
+    for target in (plain, bank):
+        target.add(torch.tensor([1.0, 0, 0, 0]), "cat")
+        target.add(torch.tensor([0.0, 1, 0, 0]), "dog")
+    not_cat = bank.add(torch.tensor([1.0, 1, 0, 0]), "cat", {"file": "fox.png"}, negative=True)
+    wall = bank.add(torch.tensor([0.0, 0, 1, 1]), None, negative=True)
+    bank.add(torch.tensor([2.0, 0, 0, 1]), "cat")
+    plain.add(torch.tensor([2.0, 0, 0, 1]), "cat")
+    assert (not_cat, wall) == (2, 3) and len(bank) == 5 and bank.has_negatives and not plain.has_negatives
+    assert torch.equal(bank.prototypes(), plain.prototypes())  # negatives never shape a prototype
+    assert bank.counts() == plain.counts() == {"cat": 2, "dog": 1}
+    assert bank.negative_counts() == {"cat": 1, "dog": 0, None: 1}
+    assert bank.class_names == ["cat", "dog"]
+    examples = bank.reference_examples()
+    assert examples.positive_labels.tolist() == [0, 1, 0] and examples.negative_labels.tolist() == [0, -1]
+    assert torch.equal(examples.negative_features[1], torch.tensor([0.0, 0, 1, 1]))
+    assert bank.fingerprint() != plain.fingerprint()
+    described = bank.describe()
+    assert "classes: 2, references: 3 positive, 2 negative" in described
+    assert "background negatives (no class): 1" in described
+    assert [line.split()[-4:] for line in described.splitlines()[3:5]] == [
+        ["2", "positive", "1", "negative"],
+        ["1", "positive", "0", "negative"],
+    ]
+    with pytest.raises(InvalidInputError, match="no positive reference of 'bird' yet"):
+        bank.add(torch.ones(4), "bird", negative=True)
+    with pytest.raises(InvalidInputError, match="needs a class name"):
+        bank.add(torch.ones(4), None)
+    with pytest.raises(InvalidInputError, match="all zeros"):
+        bank.add(torch.zeros(4), "cat")
+
+
+def test_removing_a_class_last_positive_removes_the_class_and_its_negatives_not_the_background():
+    """Classes are defined by their positives: a "not cat" example means nothing once there is no
+    cat, so it goes with the class; a background negative belongs to no class and stays."""
+    bank = MemoryBank(IDENTITY)
+    first = bank.add(torch.tensor([1.0, 0, 0, 0]), "cat")
+    second = bank.add(torch.tensor([1.0, 0.5, 0, 0]), "cat")
+    bank.add(torch.tensor([0.0, 1, 0, 0]), "dog")
+    not_cat = bank.add(torch.tensor([1.0, 1, 0, 0]), "cat", negative=True)
+    not_dog = bank.add(torch.tensor([0.0, 1, 1, 0]), "dog", negative=True)
+    wall = bank.add(torch.tensor([0.0, 0, 1, 1]), None, negative=True)
+    assert bank.remove_reference(first) == [first]  # cat still has a positive: its negative stays
+    assert bank.negative_counts() == {"cat": 1, "dog": 1, None: 1}
+    assert bank.remove_reference(second) == [second, not_cat]
+    assert bank.class_names == ["dog"] and bank.negative_counts() == {"dog": 1, None: 1}
+    assert bank.remove_reference(not_dog) == [not_dog]  # a negative alone: the class stays
+    assert bank.class_names == ["dog"]
+    assert bank.remove_class("dog") == [2]
+    assert bank.class_names == [] and [r.ref_id for r in bank.references] == [wall]
+    assert bank.remove_reference(wall) == [wall] and len(bank) == 0
+    with pytest.raises(InvalidInputError, match="no class"):
+        bank.prototypes()
