@@ -220,3 +220,29 @@ def test_points_on_synthetic_objects_and_negative_references() -> None:
     assert records[background].negative and records[background].class_name is None
     assert segmenter.memory.negative_counts() == {"red": 1, None: 1}
     assert segmenter.proposer.embed_calls == 1
+
+
+def test_memory_show_redraws_a_points_reference_from_its_provenance(tmp_path) -> None:
+    from PIL import Image
+
+    from refseg.memory_pictures import lazy_prompt_to_mask, picture_references
+
+    scene = make_scene(21, classes=("red", "blue"), per_class=1)
+    Image.fromarray(scene.image).save(tmp_path / "scene.png")
+    segmenter = Segmenter(SyntheticProposer(), SyntheticEncoder())
+    ys, xs = np.nonzero(scene.masks[0])
+    inside, other = (
+        (float(xs.mean()), float(ys.mean())),
+        tuple(float(v) for v in np.argwhere(scene.masks[1])[0][::-1]),
+    )
+    segmenter.add_reference(tmp_path / "scene.png", "red", points=[inside, other], point_labels=[1, 0])
+    segmenter.add_reference(
+        tmp_path / "scene.png", "red", box=(0, 0, 255, 255), points=[inside], negative=True
+    )
+    loads = []
+    prompt_to_mask = lazy_prompt_to_mask(lambda: loads.append(1) or SyntheticProposer(), SyntheticEncoder())
+    found, skipped = picture_references(segmenter.memory, prompt_to_mask=prompt_to_mask)
+    assert skipped == [] and loads == [1]  # SAM2 loaded once, on first use
+    expected = segmenter.reference_mask(scene.image, points=[inside])
+    assert [(r.class_name, r.negative) for r in found] == [("red", False), ("red", True)]
+    assert all(np.array_equal(r.mask, expected) for r in found)
