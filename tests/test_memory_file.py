@@ -181,7 +181,7 @@ MALFORMED: dict[str, tuple[Callable[[dict, dict], None], str]] = {
     ),
     "encoder size as text": (
         edit_json("encoder", lambda e: {**e, "input_size": "518"}),
-        r"the encoder's input_size is '518', not a int",
+        r"the encoder's input_size is '518', not a whole number",
     ),
     "encoder as a list": (edit_json("encoder", lambda e: [e]), r"encoder entry is not a json object"),
     "metadata not json": (lambda m, t: m.update(references="[{"), r"'references' entry is not json"),

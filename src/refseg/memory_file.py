@@ -278,9 +278,14 @@ class _Reader:
         entry = self.json_entry("encoder")
         if not isinstance(entry, dict):
             raise self.damaged("its encoder entry is not a json object")
-        for key, kind in (("name", str), ("revision", str), ("input_size", int), ("feature_dim", int)):
+        for key, kind, what in (
+            ("name", str, "string"),
+            ("revision", str, "string"),
+            ("input_size", int, "whole number"),
+            ("feature_dim", int, "whole number"),
+        ):
             if not _is(entry.get(key), kind):
-                raise self.damaged(f"the encoder's {key} is {entry.get(key)!r}, not a {kind.__name__}")
+                raise self.damaged(f"the encoder's {key} is {entry.get(key)!r}, not a {what}")
         for key in ("input_size", "feature_dim"):
             if entry[key] <= 0:
                 raise self.damaged(f"the encoder's {key} is {entry[key]}, not a positive number")

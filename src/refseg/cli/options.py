@@ -92,7 +92,8 @@ def print_predict_summary(summary: Any) -> None:
 
 MODEL_HELP: dict[str, str] = {
     "preset": "Named settings: 'paper' is the paper's method (SAM2 Hiera-L, DINOv2-L, 32x32 points); "
-    "'fast' uses SAM2.1 tiny, DINOv2-S and 16x16 points.",
+    "'paper-neg' is paper plus the memory's negative examples; 'fast' uses SAM2.1 tiny, DINOv2-S, "
+    "16x16 points and negative examples.",
     "sam2": "SAM2 hub id or local directory (overrides the preset).",
     "encoder": "DINOv2 hub id or local directory (overrides the preset).",
     "device": "cpu, cuda, cuda:1... (default: CUDA when available).",
