@@ -561,6 +561,20 @@ def test_nearest_example_vetoes_by_hand():
     assert matching.nearest_example_vetoes(features, only_class_0, 2)[:, 1].tolist() == [False] * 5
 
 
+def test_the_nearest_positive_not_the_prototype_decides():
+    """A class with two looks (e1, e2) has its prototype between them. A true instance of one look
+    is farther from the prototype than from a negative example of a look-alike, but nearer to
+    its own look: compared with the prototype it would be vetoed; the rule keeps it, and vetoes
+    the look-alike."""
+    examples = examples_of([(1, 0, 0), (0, 1, 0)], [0, 0], [(1, 0.6, 0)], [0])
+    instance, lookalike = unit(1, 0.1, 0), unit(1, 0.6, 0)
+    prototype = unit(1, 1, 0)
+    negative = unit(1, 0.6, 0)
+    assert float(instance @ negative) > float(instance @ prototype)  # a prototype rule would veto it
+    vetoed = matching.nearest_example_vetoes(torch.stack([instance, lookalike]), examples, 1)
+    assert vetoed.tolist() == [[False], [True]]
+
+
 def test_nearest_example_vetoes_equal_a_straightforward_loop():
     generator = torch.Generator().manual_seed(5)
     classes, dim = 4, 6
