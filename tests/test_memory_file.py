@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -315,3 +316,32 @@ def test_saving_loading_and_describing_10000_classes_is_linear(tmp_path: Path) -
     elapsed = time.perf_counter() - started
     assert len(text.splitlines()) == 3 + 10_000 and prototypes.shape == (10_000, 4)
     assert elapsed < 15.0, f"{elapsed:.1f} s for 10,000 classes"
+
+
+def test_a_path_that_is_not_utf8_saves_and_loads(tmp_path: Path) -> None:
+    """safetensors' own reader wants UTF-8 paths; a memory file is read and written as bytes."""
+    path = tmp_path / "m\udcff.safetensors"  # the byte 0xff of a file name in another encoding
+    with_negatives().save(path)
+    assert MemoryBank.load(path).negative_counts() == {"cat": 1, "dog": 0, None: 1}
+    assert read_memory_metadata(path)["format_version"] == "2"
+    info = CliRunner().invoke(cli, ["memory", "info", str(path)])
+    assert info.exit_code == 0 and "cat" in info.output
+
+
+def test_a_class_folder_whose_name_is_not_text_is_skipped_with_a_message(
+    tmp_path: Path, tiny_sam2_dir: Path, tiny_dinov2_dir: Path
+) -> None:
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[10:40, 10:40] = 200
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:40, 10:40] = 255
+    for name in ("c\udcffat", "dog"):  # an undecodable byte in a folder name
+        (tmp_path / "refs" / name).mkdir(parents=True)
+        Image.fromarray(image).save(tmp_path / "refs" / name / "a.png")
+        Image.fromarray(mask).save(tmp_path / "refs" / name / "a.mask.png")
+    models = ["--sam2", str(tiny_sam2_dir), "--encoder", str(tiny_dinov2_dir), "--device", "cpu"]
+    out = tmp_path / "memory.safetensors"
+    built = CliRunner().invoke(cli, ["memory", "--folder", str(tmp_path / "refs"), "-o", str(out), *models])
+    assert built.exit_code == 0, built.output
+    assert "is not valid text" in built.stderr and "lone surrogate" in built.stderr
+    assert MemoryBank.load(out).class_names == ["dog"]

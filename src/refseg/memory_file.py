@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
 from .errors import InvalidInputError
 from .models.base import EncoderIdentity
@@ -176,7 +177,7 @@ def write_memory_file(path: str | os.PathLike, contents: MemoryContents, refseg_
         "reference_labels": torch.tensor(labels, dtype=torch.int64),
     }
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.write_bytes(save_tensors(tensors, metadata=metadata))  # bytes: any path the system takes
     os.replace(tmp, path)
     return path
 
@@ -185,9 +186,41 @@ def write_memory_file(path: str | os.PathLike, contents: MemoryContents, refseg_
 
 
 def read_memory_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The raw metadata of a memory file, without loading its tensors (not checked)."""
-    with safe_open(str(path), framework="pt") as handle:
-        return dict(handle.metadata() or {})
+    """The raw metadata of a memory file, without loading its tensors (not checked).
+
+    Raises:
+        InvalidInputError: the file cannot be read, or is not a safetensors file.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            size = _header_size(handle.read(8))
+            return _header_metadata(handle.read(size))
+    except OSError as error:
+        raise InvalidInputError(f"Cannot read {path}: {error.strerror or error}") from error
+    except ValueError as error:  # json.JSONDecodeError is a ValueError
+        raise InvalidInputError(f"{path} is not a refseg memory file (safetensors): {error}") from error
+
+
+def _header_size(first_bytes: bytes) -> int:
+    """The json header's size: a safetensors file starts with it, 8 bytes little-endian."""
+    if len(first_bytes) != 8:
+        raise ValueError("the file is shorter than a safetensors header")
+    (size,) = struct.unpack("<Q", first_bytes)
+    if size > 100_000_000:
+        raise ValueError(f"a header of {size} bytes")
+    return size
+
+
+def _header_metadata(header: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors json header."""
+    parsed = json.loads(header)
+    metadata = parsed.get("__metadata__") if isinstance(parsed, dict) else None
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ValueError("its __metadata__ is not a map of strings")
+    return metadata
 
 
 def read_memory_file(path: str | os.PathLike) -> MemoryContents:
@@ -197,7 +230,8 @@ def read_memory_file(path: str | os.PathLike) -> MemoryContents:
     an integer category id, no duplicate, at least one positive reference); every reference (an
     integer id, no duplicate, a class among the classes, or none for a background negative); the
     next id; the context ratio; the features ((R, C) with R references and the encoder's C,
-    finite, no all-zero row) and labels (agreeing with the references).
+    finite, no all-zero row) and labels (agreeing with the references). The file is read as
+    bytes, so any path the system takes works (safetensors' own reader wants UTF-8 paths).
 
     Raises:
         InvalidInputError: the file is missing, not a memory file, written by a newer refseg, or
@@ -207,10 +241,13 @@ def read_memory_file(path: str | os.PathLike) -> MemoryContents:
     if not path.is_file():
         raise InvalidInputError(f"Memory file not found: {path}")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
-    except Exception as error:  # safetensors raises its own SafetensorError (not exported everywhere)
+        data = path.read_bytes()
+    except OSError as error:
+        raise InvalidInputError(f"Cannot read {path}: {error.strerror or error}") from error
+    try:
+        metadata = _header_metadata(data[8 : 8 + _header_size(data[:8])])
+        tensors = load_tensors(data)
+    except Exception as error:  # json, struct and safetensors' own SafetensorError (not exported everywhere)
         raise InvalidInputError(f"{path} is not a refseg memory file (safetensors): {error}") from error
     return _Reader(path, metadata, tensors).contents()
 
