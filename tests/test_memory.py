@@ -13,14 +13,10 @@ from synthetic import SyntheticEncoder, SyntheticProposer, make_scene
 from refseg import EncoderMismatchError, InvalidInputError, MemoryBank, Segmenter
 from refseg.masks import decode_mask
 from refseg.masks import mask_box_exclusive as mask_box
-from refseg.memory import (
-    context_crop_box,
-    pool_reference,
-    read_memory_metadata,
-    reference_feature,
-    reference_inputs,
-)
+from refseg.memory import context_crop_box as old_home_of_context_crop_box
+from refseg.memory_file import read_memory_metadata
 from refseg.models.base import EncoderIdentity
+from refseg.reference_features import context_crop_box, pool_reference, reference_feature, reference_inputs
 
 IDENTITY = EncoderIdentity("enc", "r1", 518, 4)
 
@@ -34,6 +30,7 @@ def test_mask_box_is_exclusive_and_rejects_empty():
 
 
 def test_context_crop_box_centre_and_side():
+    assert old_home_of_context_crop_box is context_crop_box  # still importable from refseg.memory
     # box 40 wide, 20 high, centre (60, 50): side 1.2 * 40 = 48 -> [36, 84) x [26, 74)
     assert context_crop_box((40, 40, 80, 60), (200, 200), 0.2) == (36, 26, 84, 74)
     # fractional bounds: floor the low edge, ceil the high edge

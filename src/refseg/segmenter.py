@@ -15,11 +15,12 @@ from .data.images import ImageLike, load_image
 from .errors import InvalidInputError
 from .instances import Instances
 from .masks import MaskLike, decode_mask
-from .memory import MemoryBank, reference_feature
+from .memory import MemoryBank
 from .models.base import Encoder, Proposals, Proposer
 from .preprocess import encoder_input, proposer_input
 from .presets import Preset, get_preset
 from .prompts import check_prompt
+from .reference_features import reference_feature
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from .data.images import ImageLike, load_image
 from .errors import InvalidInputError
 from .instances import Instances
 from .masks import MaskLike, decode_mask, mask_box_exclusive
-from .memory import context_crop_box, reference_inputs
 from .models.base import Encoder
+from .reference_features import context_crop_box, reference_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ def draw_reference(
 ) -> Image.Image:
     """The context crop the memory bank encodes, resized to ``size`` x ``size``, mask outlined.
 
-    Uses :func:`refseg.memory.context_crop_box` (the bank's own crop), so what is shown is what
+    Uses :func:`refseg.reference_features.context_crop_box` (the bank's own crop), so what is shown is what
     the encoder saw, apart from the resize.
 
     Args:
@@ -382,7 +382,7 @@ def memory_picture(
     """What the memory bank sees: per reference, its context crop and a PCA view of its features.
 
     For every reference (image, mask, class name): the crop and soft mask are made exactly as
-    the memory bank makes them (:func:`refseg.memory.reference_inputs`) and encoded; the patch
+    the memory bank makes them (:func:`refseg.reference_features.reference_inputs`) and encoded; the patch
     features of ALL references are projected together on their first three principal
     components (:func:`pca_rgb`), so similar parts get similar colours across references and
     classes. Patches are dimmed where the soft mask (sampled to the patch grid by nearest
