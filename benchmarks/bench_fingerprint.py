@@ -35,7 +35,9 @@ def fastest(function, model, repeats: int) -> tuple[float, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="dinov2-large", choices=["dinov2-large", "dinov2-small"])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -44,9 +46,16 @@ def main() -> None:
     model = Dinov2Model(ARCHITECTURES[args.model].config()).eval()
     state = model.state_dict()
     parameters = sum(t.numel() for t in state.values())
-    print(f"{args.model}: {len(state)} tensors, {parameters / 1e6:.1f} M values, {parameters * 4 / 2**30:.2f} GiB float32")
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for name, function in (("legacy (2 tensors)", weights_fingerprint), ("all weights", all_weights_fingerprint)):
+    print(
+        f"{args.model}: {len(state)} tensors, {parameters / 1e6:.1f} M values, {parameters * 4 / 2**30:.2f} GiB float32"
+    )
+    print(
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    for name, function in (
+        ("legacy (2 tensors)", weights_fingerprint),
+        ("all weights", all_weights_fingerprint),
+    ):
         seconds, digest = fastest(function, model, args.repeats)
         print(f"{name:<20} {seconds * 1000:8.1f} ms  {digest[:16]}...")
 

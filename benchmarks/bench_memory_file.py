@@ -24,12 +24,16 @@ from refseg.models.base import EncoderIdentity  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--classes", type=int, nargs="+", default=[1_000, 10_000])
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print(f"{'classes':>8} {'add':>8} {'save':>8} {'load':>8} {'describe':>9}  (seconds, best of {args.repeats})")
+    print(
+        f"{'classes':>8} {'add':>8} {'save':>8} {'load':>8} {'describe':>9}  (seconds, best of {args.repeats})"
+    )
     for count in args.classes:
         best = [float("inf")] * 4
         for _ in range(args.repeats):
