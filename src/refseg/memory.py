@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import EncoderMismatchError, InvalidInputError
+from .files import atomic_write
 from .masks import mask_box_exclusive
 from .models.base import Encoder, EncoderIdentity
 from .preprocess import image_to_tensor
@@ -334,7 +335,6 @@ class MemoryBank:
         from . import __version__
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         counts = self.counts()
         classes = [
             {"name": name, "category_id": self.category_ids[name], "references": counts[name]}
@@ -359,10 +359,7 @@ class MemoryBank:
                 [self._classes.index(r.class_name) for r in self._records], dtype=torch.int64
             ),
         }
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, lambda temporary: save_file(tensors, str(temporary), metadata=metadata))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> MemoryBank:

@@ -26,6 +26,7 @@ import numpy as np
 
 from .data.images import load_image
 from .errors import InvalidInputError, RefsegError
+from .files import make_folder, output_error, save_image
 from .instances import Instances
 from .partials import (
     append_line,
@@ -156,27 +157,30 @@ def predict_files(
         logger.info("Resuming: %d of %d images already done", summary.resumed, len(share))
 
     own = partial_path(out_path, rank, world_size)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if own.exists():
-        cut_torn_tail(own)
+    make_folder(out_path.parent)
     start = time.perf_counter()
-    with open(own, "a", encoding="utf-8") as handle:
-        if handle.tell() == 0:
-            append_line(handle, header)
-        bar = progress_bar(len(share), summary.resumed, enabled=progress and rank == 0)
-        try:
-            for target in todo:
-                record = _predict_one(segmenter, target, category_ids, score_threshold, vis_dir)
-                append_line(handle, record)
-                summary.processed += 1
-                if record["status"] == "ok":
-                    summary.instances += len(record["results"])
-                else:
-                    summary.errors += 1
-                    logger.warning("Skipped %s: %s", target.path, record["error"])
-                bar.update(1)
-        finally:
-            bar.close()
+    try:
+        if own.exists():
+            cut_torn_tail(own)
+        with open(own, "a", encoding="utf-8") as handle:
+            if handle.tell() == 0:
+                append_line(handle, header)
+            bar = progress_bar(len(share), summary.resumed, enabled=progress and rank == 0)
+            try:
+                for target in todo:
+                    record = _predict_one(segmenter, target, category_ids, score_threshold, vis_dir)
+                    append_line(handle, record)
+                    summary.processed += 1
+                    if record["status"] == "ok":
+                        summary.instances += len(record["results"])
+                    else:
+                        summary.errors += 1
+                        logger.warning("Skipped %s: %s", target.path, record["error"])
+                    bar.update(1)
+            finally:
+                bar.close()
+    except OSError as error:  # a full disk or a folder that became read-only, mid-run
+        raise output_error(error, own) from None
     summary.seconds = time.perf_counter() - start
 
     if world_size > 1:
@@ -237,9 +241,7 @@ def _write_overlay(image: np.ndarray, instances: Instances, vis_dir: Path, file_
     from .viz import draw_instances  # optional: only when overlays are asked for
 
     relative = Path(file_name.lstrip("/")).with_suffix(".png")
-    path = vis_dir / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    draw_instances(image, instances).save(path)
+    save_image(draw_instances(image, instances), vis_dir / relative)
 
 
 def progress_bar(total: int, initial: int, *, enabled: bool, desc: str = "predict", unit: str = "img"):

@@ -8,6 +8,7 @@ import click
 
 from ..data.coco import load_coco
 from ..errors import InvalidInputError
+from ..files import save_image
 from ..memory import MemoryBank, read_memory_metadata
 from ..model_spec import ModelSpec
 from .options import CONTEXT_SETTINGS, DefaultCommandGroup, echo, model_options, refseg_errors
@@ -189,6 +190,5 @@ def show_memory_command(
         on_skip=lambda line: echo(f"skipped {line}", err=True),
     )
     target = out if out is not None else memory_path.with_suffix(".png")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    picture.image.save(target)
+    save_image(picture.image, target)
     echo(f"{picture.pictured} reference(s) pictured ({len(picture.skipped)} skipped): {target}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..files import atomic_write
 from ..masks import box_to_mask, segmentation_to_mask
 from .images import load_image
 
@@ -191,27 +191,22 @@ def iter_images(
 
 
 def write_json(data: Any, path: str | os.PathLike, *, indent: int | None = None) -> Path:
-    """Write json atomically: to a temporary file in the same folder, then ``os.replace``.
-
-    A reader never sees a half-written file, and an interrupted write leaves the old file.
-    Parent folders are created.
+    """Write json atomically (:func:`refseg.files.atomic_write`): a reader never sees a
+    half-written file, an interrupted write leaves the old file, parent folders are created and
+    the file gets the umask's permissions.
 
     Returns:
         The path written.
+
+    Raises:
+        OutputError: the file cannot be written (no space, no permission, ...).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+
+    def dump(temporary: Path) -> None:
+        with open(temporary, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=indent, default=_json_default)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, dump)
 
 
 def _json_default(value: Any) -> Any:

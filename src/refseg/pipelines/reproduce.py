@@ -15,6 +15,7 @@ from typing import Any
 from ..data.coco import load_coco, write_json
 from ..distributed import distributed_context
 from ..errors import InvalidInputError
+from ..files import make_folder
 from ..memory import MemoryBank
 from ..model_spec import ModelSpec
 from ..runner import PredictSummary
@@ -101,7 +102,7 @@ def reproduce_coco_fsod(
     with distributed_context(models.device) as dist:
         segmenter = models.load_segmenter(device=dist.device)
         if dist.is_main:
-            run.mkdir(parents=True, exist_ok=True)
+            make_folder(run)
             reuse = resume and refs_path.is_file() and _same_draw(refs_path, shots, seed, reporter)
             if reuse:
                 reporter.step(f"[1/4] references: reusing {refs_path}")

@@ -1,0 +1,135 @@
+"""Every file refseg writes goes through here: atomic writes with the user's permissions, and
+failures that say what went wrong.
+
+- :func:`atomic_write`: a temporary file in the output's folder, created with mode 0o666 so the
+  umask decides the permissions (as for any file a program creates), written, synced, then
+  renamed over the output. A failure (no space, no permission, a read-only disk, a file where a
+  folder should be) is an :class:`~refseg.errors.OutputError` naming the output, and the
+  temporary is removed. :func:`save_image` and ``refseg.data.coco.write_json`` go through it,
+  and so do memory files.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidInputError, OutputError
+
+logger = logging.getLogger(__name__)
+
+_REASONS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOSPC: "no space left on the disk",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder",
+    errno.ENAMETOOLONG: "the name is too long",
+    errno.EEXIST: "a file of that name is in the way",
+}
+
+
+def output_error(error: BaseException, path: str | os.PathLike) -> OutputError:
+    """An :class:`OutputError` for a failed write of ``path``, with the reason in words."""
+    code = getattr(error, "errno", None)
+    reason = _REASONS.get(code) if code is not None else None
+    if reason is None:
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return OutputError(
+        f"Cannot write {path}: {reason}. Choose another output path, or free space or fix permissions there."
+    )
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def make_folder(folder: str | os.PathLike) -> Path:
+    """``mkdir -p folder``, a failure as :class:`OutputError`."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise output_error(error, folder) from None
+    return folder
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Write ``path`` by ``write(temporary path)``, then rename the temporary over ``path``.
+
+    The temporary lies in the same folder (made if missing) and is created with mode 0o666, so
+    the file gets the umask's permissions. A reader never sees a half-written file; a failed
+    write leaves the old file and no temporary.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        OutputError: the write failed (an ``OSError`` or a safetensors error: no space, no
+            permission, a read-only file system, a file where a folder should be).
+    """
+    from safetensors import SafetensorError
+
+    path = Path(path)
+    make_folder(path.parent)
+    temporary = None
+    try:
+        temporary = _new_temporary(path)
+        mode = stat.S_IMODE(temporary.stat().st_mode)  # 0o666 less the umask, as the kernel made it
+        write(temporary)
+        os.chmod(temporary, mode)  # a writer that replaced the file (safetensors does) made it 0o600
+        fd = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+        temporary = None
+    except (OSError, SafetensorError) as error:
+        raise output_error(error, path) from None
+    finally:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+    return path
+
+
+def _new_temporary(path: Path) -> Path:
+    for _ in range(100):
+        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return candidate
+    raise OSError(errno.EEXIST, "no free temporary name", str(path))
+
+
+def picture_format(path: str | os.PathLike) -> str:
+    """The Pillow format of a picture file name (``.png`` -> ``PNG``).
+
+    Raises:
+        InvalidInputError: an extension Pillow cannot write.
+    """
+    from PIL import Image
+
+    suffix = Path(path).suffix.lower()
+    found = Image.registered_extensions().get(suffix)
+    if found is None or found not in Image.SAVE:
+        raise InvalidInputError(
+            f"{path}: cannot write a picture with extension {suffix!r}; use .png or .jpg."
+        )
+    return found
+
+
+def save_image(image: Any, path: str | os.PathLike) -> Path:
+    """Save a PIL image atomically (:func:`atomic_write`), in the format its extension says."""
+    fmt = picture_format(path)
+    picture = image.convert("RGB") if fmt == "JPEG" and image.mode not in ("RGB", "L") else image
+    return atomic_write(path, lambda temporary: picture.save(temporary, format=fmt))

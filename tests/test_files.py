@@ -1,0 +1,87 @@
+"""refseg.files: writes are atomic with the umask's permissions and fail as OutputError."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from refseg.data.coco import write_json
+from refseg.errors import InvalidInputError, OutputError
+from refseg.files import atomic_write, save_image
+from refseg.memory import MemoryBank
+from refseg.models.base import EncoderIdentity
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_umask_permissions(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        json_file = write_json({"a": 1}, tmp_path / "out.json")
+        picture = save_image(Image.new("RGB", (4, 4)), tmp_path / "pic.png")
+        bank = MemoryBank(EncoderIdentity("enc", "r", 518, 8))
+        bank.add(torch.ones(8), "cat")
+        memory = bank.save(tmp_path / "memory.safetensors")
+    finally:
+        os.umask(old)
+    for path in (json_file, picture, memory):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT])
+def test_a_failed_write_is_an_output_error_and_leaves_no_temporary(tmp_path: Path, code: int) -> None:
+    target = tmp_path / "out.json"
+    target.write_text("old")
+
+    def fail(temporary: Path) -> None:
+        temporary.write_text("half")
+        raise OSError(code, os.strerror(code))
+
+    with pytest.raises(OutputError, match="Cannot write"):
+        atomic_write(target, fail)
+    assert target.read_text() == "old"
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_full_disk_while_saving_a_memory_is_an_output_error(tmp_path: Path, monkeypatch) -> None:
+    from safetensors import SafetensorError
+
+    import refseg.memory as memory_module
+
+    def full(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise SafetensorError("Error while serializing: IoError(No space left on device (os error 28))")
+
+    monkeypatch.setattr(memory_module, "save_file", full)
+    bank = MemoryBank(EncoderIdentity("enc", "r", 518, 8))
+    bank.add(torch.ones(8), "cat")
+    with pytest.raises(OutputError, match="memory.safetensors"):
+        bank.save(tmp_path / "memory.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writing_under_a_file_is_an_output_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="file.txt"):
+        write_json([], blocker / "out.json")
+    with pytest.raises(OutputError):
+        save_image(Image.new("RGB", (2, 2)), blocker / "pic.png")
+
+
+def test_save_image_refuses_an_unknown_extension(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="extension"):
+        save_image(Image.fromarray(np.zeros((2, 2, 3), np.uint8)), tmp_path / "pic.nothing")
