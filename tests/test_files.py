@@ -1,4 +1,5 @@
-"""refseg.files: writes are atomic with the umask's permissions and fail as OutputError."""
+"""refseg.files: outputs are checked before work, writes are atomic with the umask's permissions
+and fail as OutputError."""
 
 from __future__ import annotations
 
@@ -14,13 +15,52 @@ from PIL import Image
 
 from refseg.data.coco import write_json
 from refseg.errors import InvalidInputError, OutputError
-from refseg.files import atomic_write, save_image
+from refseg.files import atomic_write, check_writable, check_writable_folder, save_image
 from refseg.memory import MemoryBank
 from refseg.models.base import EncoderIdentity
 
 
 def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+# ----------------------------------------------------------------------------- checks before work
+
+
+def test_check_writable_names_a_folder_given_as_a_file(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="is a folder; give a file name such as"):
+        check_writable(tmp_path, example="results.json")
+
+
+def test_check_writable_refuses_a_file_as_the_folder(tmp_path: Path) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        check_writable(blocker / "deeper" / "out.json")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        check_writable_folder(blocker)
+
+
+def test_check_writable_accepts_missing_folders_and_creates_nothing(tmp_path: Path) -> None:
+    check_writable(tmp_path / "a" / "b" / "out.json")
+    check_writable_folder(tmp_path / "c" / "d")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_check_writable_reports_an_unwritable_folder(tmp_path: Path, monkeypatch, code: int) -> None:
+    real_open = os.open
+
+    def refuse(path, flags, mode=0o777, *args, **kwargs):
+        if flags & os.O_CREAT:
+            raise OSError(code, os.strerror(code), str(path))
+        return real_open(path, flags, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(
+        OutputError, match="Cannot write .*out.json: (permission denied|the file system is read-only)"
+    ):
+        check_writable(tmp_path / "out.json")
 
 
 # ----------------------------------------------------------------------------- atomic writes

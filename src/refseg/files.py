@@ -1,6 +1,10 @@
-"""Every file refseg writes goes through here: atomic writes with the user's permissions, and
-failures that say what went wrong.
+"""Every file refseg writes goes through here: a writability check before the work starts,
+atomic writes with the user's permissions, and failures that say what went wrong.
 
+- :func:`check_writable` / :func:`check_writable_folder`: an output can be written (its
+  folder exists or can be made, is a folder, lets us create a file; the output is not a
+  folder), checked by creating and removing a probe file, so it holds for root, ACLs and
+  read-only mounts alike. Called before any model is loaded or any work is done.
 - :func:`atomic_write`: a temporary file in the output's folder, created with mode 0o666 so the
   umask decides the permissions (as for any file a program creates), written, synced, then
   renamed over the output. A failure (no space, no permission, a read-only disk, a file where a
@@ -46,6 +50,59 @@ def output_error(error: BaseException, path: str | os.PathLike) -> OutputError:
     return OutputError(
         f"Cannot write {path}: {reason}. Choose another output path, or free space or fix permissions there."
     )
+
+
+# ----------------------------------------------------------------------------- before the work
+
+
+def check_writable(path: str | os.PathLike, *, example: str = "results.json") -> Path:
+    """Raise unless the file ``path`` can be written (created or replaced).
+
+    Args:
+        path: the output file.
+        example: a file name to suggest when ``path`` is a folder.
+
+    Raises:
+        OutputError: ``path`` is a folder, a part of its folder is a file, or no file can be
+            created there (permissions, read-only file system).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; give a file name such as {path / example}.")
+    _probe(_nearest_existing(path.parent), path)
+    return path
+
+
+def check_writable_folder(path: str | os.PathLike) -> Path:
+    """Raise unless files can be written in the folder ``path`` (made if missing).
+
+    Raises:
+        OutputError: ``path`` or a part of it is a file, or no file can be created there.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"Cannot write into {path}: it is a file, not a folder.")
+    _probe(_nearest_existing(path), path)
+    return path
+
+
+def _nearest_existing(folder: Path) -> Path:
+    folder = Path(os.path.abspath(folder))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _probe(folder: Path, target: Path) -> None:
+    """Create and remove a file in ``folder`` (the nearest existing folder of ``target``)."""
+    if not folder.is_dir():
+        raise OutputError(f"Cannot write {target}: {folder} is a file, not a folder.")
+    probe = folder / f".refseg-probe-{secrets.token_hex(6)}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as error:
+        raise output_error(error, target) from None
+    probe.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- writing

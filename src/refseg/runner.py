@@ -26,7 +26,7 @@ import numpy as np
 
 from .data.images import load_image
 from .errors import InvalidInputError, RefsegError
-from .files import make_folder, output_error, save_image
+from .files import check_writable, check_writable_folder, make_folder, output_error, save_image
 from .instances import Instances
 from .partials import (
     append_line,
@@ -84,6 +84,21 @@ class PredictSummary:
 # ----------------------------------------------------------------------------- the loop
 
 
+def check_outputs(out_path: str | os.PathLike, vis_dir: str | os.PathLike | None = None) -> None:
+    """Raise unless every file of a run can be written: ``out_path``, its sidecars and partial
+    file (:func:`refseg.files.check_writable`), and the overlay folder. Cheap: call it before
+    loading models, so a bad output stops a run before any work.
+
+    Raises:
+        OutputError: naming the first output that cannot be written.
+    """
+    for path in (out_path, sidecar_path(out_path, "images"), sidecar_path(out_path, "errors")):
+        check_writable(path)
+    check_writable(partial_path(out_path))
+    if vis_dir is not None:
+        check_writable_folder(vis_dir)
+
+
 def predict_files(
     segmenter: SupportsPredict,
     targets: Sequence[Target],
@@ -125,10 +140,12 @@ def predict_files(
     Raises:
         InvalidInputError: duplicate target names or ids, an empty memory bank, or a resume
             over partial files of a run with other settings.
+        OutputError: an output cannot be written (checked before the first image).
     """
     if world_size > 1 and barrier is None:
         raise ValueError("a multi-process run needs a barrier")
     out_path = Path(out_path)
+    check_outputs(out_path, vis_dir)
     _check_unique(targets)
     memory = getattr(segmenter, "memory", None)
     if memory is not None and len(memory) == 0:

@@ -8,7 +8,7 @@ import click
 
 from ..data.coco import load_coco, write_json
 from ..model_spec import ModelSpec
-from .options import CONTEXT_SETTINGS, echo, model_options
+from .options import CONTEXT_SETTINGS, echo, model_options, output_option
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -22,12 +22,8 @@ from .options import CONTEXT_SETTINGS, echo, model_options
 @click.option(
     "--seed", type=int, default=33, show_default=True, help="Sampling seed (the paper's main results: 33)."
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False),
-    required=True,
-    help="The references COCO json to write.",
+@output_option(
+    "-o", "--output", required=True, example="refs.json", help="The references COCO json to write."
 )
 def sample(coco_json: str, classes: str, shots: int, seed: int, output: str) -> None:
     """Draw K reference instances per class from a COCO data set.
@@ -62,9 +58,7 @@ def sample(coco_json: str, classes: str, shots: int, seed: int, output: str) -> 
 @click.option(
     "--images", type=click.Path(file_okay=False), required=True, help="Folder of the json's images."
 )
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False), required=True, help="The COCO json to write."
-)
+@output_option("-o", "--output", required=True, example="masks.json", help="The COCO json to write.")
 @click.option("--overwrite", is_flag=True, help="Also replace existing segmentations.")
 @model_options(choices=("preset", "sam2", "device", "dtype"), help_texts={"preset": "Gives the SAM2 model."})
 def boxes_to_masks_command(
@@ -104,9 +98,7 @@ def boxes_to_masks_command(
     show_default=True,
     help="Objects marked difficult: ordinary annotations, crowd (ignored by COCO eval), or left out.",
 )
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False), required=True, help="The COCO json to write."
-)
+@output_option("-o", "--output", required=True, example="voc.json", help="The COCO json to write.")
 def voc2coco(
     voc_roots: Sequence[str], image_set: str, classes: str | None, difficult: str, output: str
 ) -> None:

@@ -8,10 +8,17 @@ import click
 
 from ..data.coco import load_coco
 from ..errors import InvalidInputError
-from ..files import save_image
+from ..files import check_writable, picture_format, save_image
 from ..memory import MemoryBank, read_memory_metadata
 from ..model_spec import ModelSpec
-from .options import CONTEXT_SETTINGS, DefaultCommandGroup, echo, model_options, refseg_errors
+from .options import (
+    CONTEXT_SETTINGS,
+    DefaultCommandGroup,
+    echo,
+    model_options,
+    output_option,
+    refseg_errors,
+)
 
 
 @click.group(cls=DefaultCommandGroup, context_settings=CONTEXT_SETTINGS, invoke_without_command=False)
@@ -40,8 +47,8 @@ def memory() -> None:
     type=click.Path(file_okay=False),
     help="A folder with one sub-folder per class holding image + mask pairs (x.jpg + x.mask.png or x_mask.png).",
 )
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False), required=True, help="The memory file to write."
+@output_option(
+    "-o", "--output", required=True, example="memory.safetensors", help="The memory file to write."
 )
 @model_options(references=True)
 def memory_build(
@@ -116,11 +123,11 @@ def _human_size(size: float) -> str:
 
 @memory.command("show", context_settings=CONTEXT_SETTINGS)
 @click.argument("memory_path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
+@output_option(
     "-o",
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
+    path_type=Path,
+    example="memory.png",
     help="Picture to write (default: the memory file's name with .png).",
 )
 @click.option(
@@ -172,6 +179,9 @@ def show_memory_command(
 
     from ..memory_pictures import lazy_box_to_mask, picture_memory
 
+    target = out if out is not None else memory_path.with_suffix(".png")
+    picture_format(target)
+    check_writable(target, example="memory.png")
     bank = MemoryBank.load(memory_path)
     if len(bank) == 0:
         raise InvalidInputError(f"{memory_path} holds no references: nothing to picture.")
@@ -189,6 +199,5 @@ def show_memory_command(
         tile_size=tile_size,
         on_skip=lambda line: echo(f"skipped {line}", err=True),
     )
-    target = out if out is not None else memory_path.with_suffix(".png")
     save_image(picture.image, target)
     echo(f"{picture.pictured} reference(s) pictured ({len(picture.skipped)} skipped): {target}")

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ..errors import RefsegError
+from ..files import check_writable, check_writable_folder
 from ..model_spec import ModelSpec
 from ..pipelines.reporter import Reporter
 from ..presets import PRESETS
@@ -86,6 +87,50 @@ def print_predict_summary(summary: Any) -> None:
             err=True,
         )
     echo(str(summary.out_path))
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def output_option(
+    *decls: str,
+    help: str,
+    example: str = "results.json",
+    folder: bool = False,
+    required: bool = False,
+    path_type: type | None = None,
+) -> Callable:
+    """An output option (``-o FILE``, ``--vis FOLDER``...) checked as soon as it is parsed, so a
+    path that cannot be written stops the verb before any model is loaded or any work is done
+    (:func:`refseg.files.check_writable`): ``Error: out is a folder; give a file name such as
+    out/results.json``, exit code 1.
+
+    Args:
+        decls: the option's names (``"-o", "--output"``) and parameter name.
+        example: the file name suggested when a folder is given for a file.
+        folder: the output is a folder (files are written into it).
+    """
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return value
+        try:
+            if folder:
+                check_writable_folder(value)
+            else:
+                check_writable(value, example=example)
+        except RefsegError as error:
+            raise click.ClickException(str(error)) from None
+        return value
+
+    return click.option(
+        *decls,
+        type=click.Path(path_type=path_type),
+        metavar="FOLDER" if folder else "FILE",
+        required=required,
+        callback=check,
+        help=help,
+    )
 
 
 # ----------------------------------------------------------------------------- model options

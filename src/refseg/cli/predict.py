@@ -10,7 +10,7 @@ from ..data.coco import load_coco, write_json
 from ..errors import InvalidInputError
 from ..memory import MemoryBank
 from ..model_spec import ModelSpec
-from .options import CONTEXT_SETTINGS, PrintReporter, echo, model_options
+from .options import CONTEXT_SETTINGS, PrintReporter, echo, model_options, output_option
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -27,16 +27,12 @@ from .options import CONTEXT_SETTINGS, PrintReporter, echo, model_options
     "--coco", "coco_json", type=click.Path(dir_okay=False), help="Segment the images of this COCO json."
 )
 @click.option("--images", type=click.Path(file_okay=False), help="With --coco: the folder of its images.")
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False), required=True, help="The COCO results json to write."
-)
+@output_option("-o", "--output", required=True, help="The COCO results json to write.")
 @click.option(
     "--score-thr", type=float, default=0.0, show_default=True, help="Drop instances scoring below this."
 )
 @click.option("--limit", type=int, help="Only the first N target images.")
-@click.option(
-    "--vis", "vis_dir", type=click.Path(file_okay=False), help="Also write overlay PNGs into this folder."
-)
+@output_option("--vis", "vis_dir", folder=True, help="Also write overlay PNGs into this folder.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run with the same settings and output.")
 @model_options(predict=True)
 def predict(
@@ -112,7 +108,7 @@ def predict(
     type=click.Path(dir_okay=False),
     help="Evaluate on these images only: a COCO-style images list, e.g. RESULTS.images.json from predict.",
 )
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the summary as json.")
+@output_option("-o", "--output", example="summary.json", help="Also write the summary as json.")
 def eval_command(
     gt: str,
     results: str,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..model_spec import ModelSpec
-from .options import CONTEXT_SETTINGS, PrintReporter, RefsegGroup, echo, model_options
+from .options import CONTEXT_SETTINGS, PrintReporter, RefsegGroup, echo, model_options, output_option
 
 
 @click.group(cls=RefsegGroup, context_settings=CONTEXT_SETTINGS)
@@ -22,9 +22,7 @@ def reproduce() -> None:
     required=True,
     help="COCO layout: annotations/instances_{train,val}2017.json and {train,val}2017/.",
 )
-@click.option(
-    "--out", "out_dir", type=click.Path(file_okay=False), help="Run folder (default runs/coco-fsod-...)."
-)
+@output_option("--out", "out_dir", folder=True, help="Run folder (default runs/coco-fsod-...).")
 @click.option(
     "--limit", type=int, help="Only the first N val images (a quick look, not comparable to the paper)."
 )

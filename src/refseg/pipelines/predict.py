@@ -9,9 +9,10 @@ from typing import Any
 
 from ..distributed import DistributedContext, distributed_context
 from ..errors import InvalidInputError
+from ..files import check_writable
 from ..memory import MemoryBank
 from ..model_spec import ModelSpec
-from ..runner import PredictSummary, predict_files
+from ..runner import PredictSummary, check_outputs, predict_files
 from ..targets import Target
 from .reporter import Reporter
 
@@ -46,17 +47,20 @@ def predict_images(
     Raises:
         InvalidInputError: neither or both of ``memory`` and ``references_dir``, no usable
             reference in the folder, or as :func:`~refseg.runner.predict_files`.
+        OutputError: an output cannot be written (checked before the models are loaded).
         WeightsUnavailableError: a model cannot be loaded.
     """
     if (memory is None) == (references_dir is None):
         raise InvalidInputError("Give either a memory bank or a reference folder (one sub-folder per class).")
+    check_outputs(output, vis_dir)
+    memory_path = Path(str(output) + ".memory.safetensors")
+    if references_dir is not None:
+        check_writable(memory_path, example="memory.safetensors")
     reporter = reporter or Reporter()
     with distributed_context(models.device) as dist:
         segmenter = models.load_segmenter(device=dist.device, memory=memory)
         if references_dir is not None:
-            build_folder_memory(
-                segmenter, references_dir, Path(str(output) + ".memory.safetensors"), dist, reporter
-            )
+            build_folder_memory(segmenter, references_dir, memory_path, dist, reporter)
         return predict_in_context(
             segmenter, targets, output, dist, score_threshold, vis_dir, resume, reporter
         )

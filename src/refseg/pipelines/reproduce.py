@@ -15,10 +15,10 @@ from typing import Any
 from ..data.coco import load_coco, write_json
 from ..distributed import distributed_context
 from ..errors import InvalidInputError
-from ..files import make_folder
+from ..files import check_writable, check_writable_folder, make_folder
 from ..memory import MemoryBank
 from ..model_spec import ModelSpec
-from ..runner import PredictSummary
+from ..runner import PredictSummary, check_outputs
 from ..targets import coco_targets, read_json
 from .predict import predict_in_context
 from .reporter import Reporter
@@ -84,6 +84,7 @@ def reproduce_coco_fsod(
 
     Raises:
         InvalidInputError: the COCO layout is incomplete, or as the steps raise.
+        OutputError: the run folder or a file in it cannot be written (checked before any work).
     """
     reporter = reporter or Reporter()
     root = Path(coco_root)
@@ -94,6 +95,10 @@ def reproduce_coco_fsod(
             raise InvalidInputError(f"{needed} not found: --coco-root must hold the COCO 2017 layout.")
     run = Path(out_dir or f"runs/coco-fsod-{shots}shot-seed{seed}")
     refs_path, memory_path = run / "refs.json", run / "memory.safetensors"
+    check_writable_folder(run)
+    for output in (refs_path, memory_path, run / "summary.json"):
+        check_writable(output)
+    check_outputs(run / "results.json")
     targets = coco_targets(val_json, root / "val2017")
     if limit is not None:
         targets = targets[: max(0, limit)]

@@ -1,0 +1,145 @@
+"""Outputs through the command line: every verb checks each output before loading a model or
+doing any work; overlays stay inside their folder and never share a file; one run per output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+from cocodata import make_coco_dataset, make_voc_dataset
+from PIL import Image
+
+from refseg.cli import cli
+
+# Model options that cannot load: a verb that got as far as loading them would say so.
+NO_MODELS = ["--sam2", "/nonexistent/sam2", "--encoder", "/nonexistent/dino", "--device", "cpu"]
+
+
+def invoke(*args: object) -> Result:
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("inputs")
+    annotations, images = make_coco_dataset(root / "coco", n_images=2, classes=("cat", "dog"))
+    voc_root, _ = make_voc_dataset(root / "voc", n_images=1)
+    refs = root / "refs" / "cat"
+    refs.mkdir(parents=True)
+    Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(refs / "a.png")
+    mask = np.zeros((40, 40), np.uint8)
+    mask[10:30, 10:30] = 255
+    Image.fromarray(mask).save(refs / "a.mask.png")
+    blocker = root / "blocker.txt"
+    blocker.write_text("a file where a folder should be")
+    return {
+        "annotations": annotations,
+        "images": images,
+        "voc": voc_root,
+        "refs": root / "refs",
+        "memory": root / "missing.safetensors",
+        "blocker": blocker,
+    }
+
+
+def verb_args(verb: str, inputs: dict[str, Path], out: Path) -> list[object]:
+    """The arguments of ``verb`` with ``out`` as its output (models that cannot load)."""
+    return {
+        "sample": ["sample", inputs["annotations"], "--classes", "cat", "--shots", 1, "-o", out],
+        "memory": ["memory", "--folder", inputs["refs"], "-o", out, *NO_MODELS],
+        "memory-refs": ["memory", "--refs", inputs["annotations"], "--images", inputs["images"], "-o", out,
+                        *NO_MODELS],
+        "memory-show": ["memory", "show", inputs["memory"], "-o", out, "--encoder", "/nonexistent/dino"],
+        "predict": ["predict", "--memory", inputs["memory"], inputs["images"], "-o", out, *NO_MODELS],
+        "predict-vis": ["predict", "--memory", inputs["memory"], inputs["images"], "-o",
+                        out.parent.parent / "ok" / "r.json", "--vis", out, *NO_MODELS],
+        "predict-references": ["predict", "--references", inputs["refs"], inputs["images"], "-o", out,
+                               *NO_MODELS],
+        "eval": ["eval", "--gt", inputs["annotations"], "--results", inputs["annotations"], "-o", out],
+        "reproduce": ["reproduce", "coco-fsod", "--coco-root", inputs["voc"], "--out", out, *NO_MODELS],
+        "boxes-to-masks": ["boxes-to-masks", inputs["annotations"], "--images", inputs["images"], "-o", out,
+                           *NO_MODELS[:2], "--device", "cpu"],
+        "voc2coco": ["voc2coco", inputs["voc"], "-o", out],
+    }[verb]  # fmt: skip
+
+
+VERBS = [
+    "sample",
+    "memory",
+    "memory-refs",
+    "memory-show",
+    "predict",
+    "predict-vis",
+    "predict-references",
+    "eval",
+    "reproduce",
+    "boxes-to-masks",
+    "voc2coco",
+]
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_an_output_under_a_file_stops_every_verb_before_any_work(verb: str, inputs) -> None:
+    out = inputs["blocker"] / "sub" / "out.json"
+    result = invoke(*verb_args(verb, inputs, out))
+    assert result.exit_code == 1, result.output
+    assert "Error: Cannot write" in result.stderr and "is a file, not a folder" in result.stderr
+    assert "Traceback" not in result.output and "Could not load" not in result.output
+
+
+@pytest.mark.parametrize("verb", ["sample", "memory", "predict", "eval", "boxes-to-masks", "voc2coco"])
+def test_a_folder_given_as_the_output_file_says_so(verb: str, inputs, tmp_path: Path) -> None:
+    result = invoke(*verb_args(verb, inputs, tmp_path))
+    assert result.exit_code == 1, result.output
+    assert f"Error: {tmp_path} is a folder; give a file name such as {tmp_path}/" in result.stderr
+
+
+def test_predict_checks_its_sidecar_files_before_loading_models(inputs, tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    (tmp_path / "results.json.images.json").mkdir()
+    result = invoke("predict", "--references", inputs["refs"], inputs["images"], "-o", out, *NO_MODELS)
+    assert result.exit_code == 1
+    assert "results.json.images.json is a folder" in result.stderr and "Could not load" not in result.stderr
+
+
+def test_the_memory_beside_a_references_run_is_checked_first(inputs, tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    (tmp_path / "results.json.memory.safetensors").mkdir()
+    result = invoke("predict", "--references", inputs["refs"], inputs["images"], "-o", out, *NO_MODELS)
+    assert result.exit_code == 1
+    assert "memory.safetensors is a folder" in result.stderr and "Could not load" not in result.stderr
+
+
+def test_memory_show_refuses_a_picture_format_it_cannot_write(inputs, tmp_path: Path) -> None:
+    result = invoke("memory", "show", inputs["memory"], "-o", tmp_path / "picture.xyz")
+    assert result.exit_code == 1 and "extension '.xyz'" in result.stderr
+
+
+def test_an_unwritable_results_json_fails_cleanly_at_the_end(tmp_path: Path, monkeypatch) -> None:
+    """Space running out while the final files are written: Error, exit 1, no temporary left."""
+    import errno
+
+    import refseg.files as files
+
+    data = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "cat"}]}
+    source = tmp_path / "in.json"
+    source.write_text(json.dumps(data))
+    real = files.os.replace
+
+    def full(src, dst):
+        if str(dst).endswith("out.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", full)
+    result = invoke("voc2coco", tmp_path / "missing-root", "-o", tmp_path / "out.json")
+    assert result.exit_code == 1  # the root is missing: refused before writing anything
+    result = invoke("eval", "--gt", source, "--results", tmp_path / "r.json", "-o", tmp_path / "out.json")
+    assert result.exit_code == 1
+    (tmp_path / "r.json").write_text("[]")
+    result = invoke("eval", "--gt", source, "--results", tmp_path / "r.json", "-o", tmp_path / "out.json")
+    assert result.exit_code == 1 and "no space left on the disk" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json", "r.json"]
