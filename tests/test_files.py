@@ -1,4 +1,4 @@
-"""refseg.files: outputs are checked before work, writes are atomic with the umask's permissions
+"""refseg.files: names from data stay inside their folder, outputs are checked before work, writes are atomic with the umask's permissions
 and fail as OutputError."""
 
 from __future__ import annotations
@@ -15,13 +15,57 @@ from PIL import Image
 
 from refseg.data.coco import write_json
 from refseg.errors import InvalidInputError, OutputError
-from refseg.files import atomic_write, check_writable, check_writable_folder, save_image
+from refseg.files import (
+    atomic_write,
+    check_writable,
+    check_writable_folder,
+    safe_child,
+    safe_relative,
+    save_image,
+)
 from refseg.memory import MemoryBank
 from refseg.models.base import EncoderIdentity
 
 
 def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+# ----------------------------------------------------------------------------- names from data
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("a.jpg", "a.jpg"),
+        ("sub/a.jpg", "sub/a.jpg"),
+        ("../../../victim.jpg", "victim.jpg"),
+        ("/etc/passwd", "etc/passwd"),
+        ("a/../../b.png", "a/b.png"),
+        ("..\\..\\win.png", "win.png"),
+        ("C:\\Users\\x.png", "Users/x.png"),
+        ("./a//b/./c.png", "a/b/c.png"),
+    ],
+)
+def test_safe_relative_drops_anchors_and_parent_steps(name: str, expected: str) -> None:
+    assert safe_relative(name).as_posix() == expected
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "/", "../..", "//"])
+def test_a_name_that_names_nothing_is_refused(name: str) -> None:
+    with pytest.raises(InvalidInputError):
+        safe_relative(name)
+
+
+def test_safe_child_stays_inside_and_refuses_a_link_out(tmp_path: Path) -> None:
+    root = tmp_path / "vis"
+    assert safe_child(root, "../../x.png") == root / "x.png"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "escape").symlink_to(outside)
+    with pytest.raises(InvalidInputError, match="leads out"):
+        safe_child(root, "escape/x.png")
 
 
 # ----------------------------------------------------------------------------- checks before work

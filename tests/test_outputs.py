@@ -143,3 +143,69 @@ def test_an_unwritable_results_json_fails_cleanly_at_the_end(tmp_path: Path, mon
     result = invoke("eval", "--gt", source, "--results", tmp_path / "r.json", "-o", tmp_path / "out.json")
     assert result.exit_code == 1 and "no space left on the disk" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.json", "r.json"]
+
+
+# ----------------------------------------------------------------------------- overlays
+
+
+def test_overlay_names_never_leave_the_folder_nor_share_a_file(tmp_path: Path) -> None:
+    from refseg.runner import overlay_paths
+    from refseg.targets import Target
+
+    names = ["a.jpg", "a.png", "b.jpg", "sub/c.jpg", "../../../victim.jpg", "victim.jpg", "/abs/B.JPG"]
+    targets = [Target(tmp_path / "x", name, index + 1) for index, name in enumerate(names)]
+    vis = tmp_path / "vis"
+    paths = overlay_paths(targets, vis)
+    relative = {name: path.relative_to(vis).as_posix() for name, path in paths.items()}
+    assert relative == {
+        "a.jpg": "a.jpg.png",
+        "a.png": "a.png.png",
+        "b.jpg": "b.png",
+        "sub/c.jpg": "sub/c.png",
+        "../../../victim.jpg": "victim.jpg.id5.png",
+        "victim.jpg": "victim.jpg.id6.png",
+        "/abs/B.JPG": "abs/B.png",
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_sam2_dir: Path, tiny_dinov2_dir: Path) -> list[str]:
+    return ["--sam2", str(tiny_sam2_dir), "--encoder", str(tiny_dinov2_dir), "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def memory_file(tmp_path_factory: pytest.TempPathFactory, inputs, tiny) -> Path:
+    memory = tmp_path_factory.mktemp("memory") / "memory.safetensors"
+    result = invoke("memory", "--folder", inputs["refs"], "-o", memory, *tiny)
+    assert result.exit_code == 0, result.output
+    return memory
+
+
+def test_vis_never_writes_outside_its_folder(tmp_path: Path, inputs, tiny, memory_file) -> None:
+    """A COCO file_name of ../../../victim.jpg once overwrote victim.png beside the images."""
+    images = tmp_path / "a" / "b" / "c"
+    images.mkdir(parents=True)
+    pixels = np.asarray(Image.open(inputs["images"] / "000000.png"))
+    Image.fromarray(pixels).save(tmp_path / "victim.jpg")
+    Image.fromarray(pixels).save(images / "a.jpg")
+    Image.fromarray(pixels).save(images / "a.png")
+    (tmp_path / "victim.png").write_bytes(b"precious")
+    height, width = pixels.shape[:2]
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "../../../victim.jpg", "height": height, "width": width},
+            {"id": 2, "file_name": "a.jpg", "height": height, "width": width},
+            {"id": 3, "file_name": "a.png", "height": height, "width": width},
+        ],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "cat"}],
+    }
+    (tmp_path / "t.json").write_text(json.dumps(coco))
+    before = {p for p in tmp_path.rglob("*") if "out" not in p.parts}
+    vis = tmp_path / "out" / "vis"
+    result = invoke("predict", "--coco", tmp_path / "t.json", "--images", images, "--memory", memory_file,
+                    "-o", tmp_path / "out" / "r.json", "--vis", vis, "--points-per-side", 2, *tiny)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "victim.png").read_bytes() == b"precious"
+    assert {p for p in tmp_path.rglob("*") if "out" not in p.parts} == before
+    assert sorted(p.name for p in vis.iterdir()) == ["a.jpg.png", "a.png.png", "victim.png"]

@@ -1,5 +1,10 @@
-"""Every file refseg writes goes through here: a writability check before the work starts,
-atomic writes with the user's permissions, and failures that say what went wrong.
+"""Every file refseg writes goes through here: a name from data kept inside its folder, a
+writability check before the work starts, atomic writes with the user's permissions, and
+failures that say what went wrong.
+
+- :func:`safe_child`: ``root / relative`` for a ``relative`` name that comes from data (a COCO
+  ``file_name``, an upload's name), never outside ``root``: anchors, ``..`` and empty parts are
+  dropped, and a symbolic link of an existing folder that leads out of ``root`` is refused.
 
 - :func:`check_writable` / :func:`check_writable_folder`: an output can be written (its
   folder exists or can be made, is a folder, lets us create a file; the output is not a
@@ -21,7 +26,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from .errors import InvalidInputError, OutputError
@@ -50,6 +55,46 @@ def output_error(error: BaseException, path: str | os.PathLike) -> OutputError:
     return OutputError(
         f"Cannot write {path}: {reason}. Choose another output path, or free space or fix permissions there."
     )
+
+
+# ----------------------------------------------------------------------------- names from data
+
+
+def safe_relative(name: str | os.PathLike) -> PurePosixPath:
+    """A name from data as a relative path that stays where it is put.
+
+    Both separators count; anchors (``/``, ``C:\\``), ``.``, ``..`` and empty parts are
+    dropped: ``../../victim.jpg`` -> ``victim.jpg``, ``/etc/passwd`` -> ``etc/passwd``.
+
+    Raises:
+        InvalidInputError: nothing is left (``..``, ``/``, an empty name).
+    """
+    text = os.fspath(name).replace("\\", "/")
+    parts = [p for p in PureWindowsPath(text).parts if p not in ("", ".", "..")]
+    parts = [p for p in parts if not PureWindowsPath(p).anchor and p != "/"]
+    if not parts:
+        raise InvalidInputError(f"The name {os.fspath(name)!r} names no file.")
+    return PurePosixPath(*parts)
+
+
+def safe_child(root: str | os.PathLike, relative: str | os.PathLike) -> Path:
+    """``root / relative`` for a name from data, guaranteed to lie inside ``root``.
+
+    The name is made relative by :func:`safe_relative`; then, following the symbolic links of
+    the folders that exist already, the path must still lie inside ``root``.
+
+    Raises:
+        InvalidInputError: nothing is left of the name, or a link leads out of ``root``.
+    """
+    root = Path(root)
+    path = root.joinpath(*safe_relative(relative).parts)
+    real_root = root.resolve()
+    real = path.resolve()  # strict=False: existing parts' links followed, the rest kept
+    if real != real_root and real_root not in real.parents:
+        raise InvalidInputError(
+            f"The name {os.fspath(relative)!r} leads out of {root} (through a symbolic link): not written."
+        )
+    return path
 
 
 # ----------------------------------------------------------------------------- before the work

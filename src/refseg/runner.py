@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,15 @@ import numpy as np
 
 from .data.images import load_image
 from .errors import InvalidInputError, RefsegError
-from .files import check_writable, check_writable_folder, make_folder, output_error, save_image
+from .files import (
+    check_writable,
+    check_writable_folder,
+    make_folder,
+    output_error,
+    safe_child,
+    safe_relative,
+    save_image,
+)
 from .instances import Instances
 from .partials import (
     append_line,
@@ -127,7 +136,8 @@ def predict_files(
             score threshold and the category ids, plus ``run_info``); without it, partial
             files of earlier runs are deleted first.
         score_threshold: drop instances scoring below this.
-        vis_dir: when given, an overlay PNG per image is written there (``refseg.viz``).
+        vis_dir: when given, an overlay PNG per image is written there (``refseg.viz``), named
+            by :func:`overlay_paths`.
         run_info: anything else a resume must agree on (json-able), beside the settings the
             runner finds itself.
         rank, world_size: this process's share is ``targets[rank::world_size]``; rank 0 merges.
@@ -147,6 +157,7 @@ def predict_files(
     out_path = Path(out_path)
     check_outputs(out_path, vis_dir)
     _check_unique(targets)
+    overlays = overlay_paths(targets, vis_dir) if vis_dir is not None else {}
     memory = getattr(segmenter, "memory", None)
     if memory is not None and len(memory) == 0:
         raise InvalidInputError("The memory bank is empty: add references before predicting.")
@@ -185,7 +196,8 @@ def predict_files(
             bar = progress_bar(len(share), summary.resumed, enabled=progress and rank == 0)
             try:
                 for target in todo:
-                    record = _predict_one(segmenter, target, category_ids, score_threshold, vis_dir)
+                    overlay = overlays.get(target.file_name)
+                    record = _predict_one(segmenter, target, category_ids, score_threshold, overlay)
                     append_line(handle, record)
                     summary.processed += 1
                     if record["status"] == "ok":
@@ -237,7 +249,7 @@ def _predict_one(
     target: Target,
     category_ids: Mapping[str, int] | None,
     score_threshold: float,
-    vis_dir: str | os.PathLike | None,
+    overlay: Path | None,
 ) -> dict[str, Any]:
     base = {"file_name": target.file_name, "image_id": target.image_id}
     try:
@@ -248,17 +260,46 @@ def _predict_one(
     if score_threshold > 0:
         instances = instances.filter(score_threshold)
     results = instances.to_coco(target.image_id, category_ids)
-    if vis_dir is not None:
-        _write_overlay(image, instances, Path(vis_dir), target.file_name)
+    if overlay is not None:
+        from .viz import draw_instances  # optional: only when overlays are asked for
+
+        save_image(draw_instances(image, instances), overlay)
     height, width = image.shape[:2]
     return {**base, "status": "ok", "height": int(height), "width": int(width), "results": results}
 
 
-def _write_overlay(image: np.ndarray, instances: Instances, vis_dir: Path, file_name: str) -> None:
-    from .viz import draw_instances  # optional: only when overlays are asked for
+def overlay_paths(targets: Sequence[Target], vis_dir: str | os.PathLike) -> dict[str, Path]:
+    """Where each target's overlay goes (file name -> path), for the whole run at once.
 
-    relative = Path(file_name.lstrip("/")).with_suffix(".png")
-    save_image(draw_instances(image, instances), vis_dir / relative)
+    Each lies inside ``vis_dir`` (:func:`refseg.files.safe_child`: a ``file_name`` such as
+    ``../../x.jpg`` cannot lead out) and no two targets share one, compared ignoring case:
+    ``<stem>.png`` in the name's sub-folders, unless another target would get the same file
+    (``a.jpg`` and ``a.png``); those get ``<name with its suffix>.png``; if even that is shared
+    (names that differ only by parts ``safe_child`` drops), ``<name>.id<image id>.png``. Every
+    process of a multi-process run computes the same paths.
+
+    Raises:
+        InvalidInputError: a name that names no file, or leads out of ``vis_dir`` through a link.
+    """
+    relatives = {t.file_name: safe_relative(t.file_name) for t in targets}
+    ids = {t.file_name: t.image_id for t in targets}
+    forms = (
+        lambda name, rel: rel.with_suffix(".png"),
+        lambda name, rel: rel.with_name(rel.name + ".png"),
+        lambda name, rel: rel.with_name(f"{rel.name}.id{ids[name]}.png"),
+    )
+    level = dict.fromkeys(relatives, 0)
+    while True:
+        chosen = {name: forms[level[name]](name, rel) for name, rel in relatives.items()}
+        counts = Counter(path.as_posix().casefold() for path in chosen.values())
+        shared = [name for name, path in chosen.items() if counts[path.as_posix().casefold()] > 1]
+        if not shared:
+            break
+        for name in shared:
+            if level[name] == len(forms) - 1:  # pragma: no cover - ids are unique, so is the last form
+                raise InvalidInputError(f"Two targets would share the overlay {chosen[name]}.")
+            level[name] += 1
+    return {name: safe_child(vis_dir, path) for name, path in chosen.items()}
 
 
 def progress_bar(total: int, initial: int, *, enabled: bool, desc: str = "predict", unit: str = "img"):
