@@ -47,10 +47,13 @@ from .partials import (
     read_partial,
     run_key,
 )
+from .presets import SettingRange
 from .results import sidecar_path, write_results
 from .targets import Target
 
 logger = logging.getLogger(__name__)
+
+SCORE_THRESHOLDS = SettingRange(float, 0, 1)
 
 
 class SupportsPredict(Protocol):
@@ -155,6 +158,10 @@ def predict_files(
     if world_size > 1 and barrier is None:
         raise ValueError("a multi-process run needs a barrier")
     out_path = Path(out_path)
+    if not SCORE_THRESHOLDS.accepts(score_threshold):
+        raise InvalidInputError(
+            f"score_threshold must be {SCORE_THRESHOLDS.describe()}, got {score_threshold!r}."
+        )
     check_outputs(out_path, vis_dir)
     _check_unique(targets)
     overlays = overlay_paths(targets, vis_dir) if vis_dir is not None else {}

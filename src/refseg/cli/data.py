@@ -8,7 +8,7 @@ import click
 
 from ..data.coco import load_coco, write_json
 from ..model_spec import ModelSpec
-from .options import CONTEXT_SETTINGS, echo, model_options, output_option
+from .options import CONTEXT_SETTINGS, COUNT, echo, model_options, output_option
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -18,7 +18,7 @@ from .options import CONTEXT_SETTINGS, echo, model_options, output_option
     required=True,
     help="A split name (coco-fsod-novel, coco-all, voc-split-1...) or comma-separated class names.",
 )
-@click.option("--shots", type=int, required=True, help="References per class (K).")
+@click.option("--shots", type=COUNT, required=True, help="References per class (K), >= 1.")
 @click.option(
     "--seed", type=int, default=33, show_default=True, help="Sampling seed (the paper's main results: 33)."
 )

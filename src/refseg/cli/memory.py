@@ -13,6 +13,8 @@ from ..memory import MemoryBank, read_memory_metadata
 from ..model_spec import ModelSpec
 from .options import (
     CONTEXT_SETTINGS,
+    COUNT,
+    TILE,
     DefaultCommandGroup,
     echo,
     model_options,
@@ -152,8 +154,12 @@ def _human_size(size: float) -> str:
     },
 )
 @click.option("--classes", default=None, help="Only these classes, comma-separated (default: all).")
-@click.option("--max-per-class", type=int, default=8, show_default=True, help="References shown per class.")
-@click.option("--tile-size", type=int, default=128, show_default=True, help="Side of each tile in pixels.")
+@click.option(
+    "--max-per-class", type=COUNT, default=8, show_default=True, help="References shown per class, >= 1."
+)
+@click.option(
+    "--tile-size", type=TILE, default=128, show_default=True, help="Side of each tile in pixels (16 to 1024)."
+)
 @refseg_errors
 def show_memory_command(
     memory_path: Path,

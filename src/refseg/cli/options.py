@@ -12,19 +12,56 @@ from ..errors import RefsegError
 from ..files import check_writable, check_writable_folder
 from ..model_spec import ModelSpec
 from ..pipelines.reporter import Reporter
-from ..presets import PRESETS
+from ..presets import PRESETS, SETTING_RANGES, SettingRange
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class RefsegGroup(click.Group):
-    """A click group that turns :class:`RefsegError` into a clean ``Error: ...`` and exit code 1."""
+    """A click group that turns :class:`RefsegError` into a clean ``Error: ...`` and exit code 1.
+
+    A bad option value (out of range, not a number, a missing required option) exits 1 as
+    well: it is bad input like any other. Only a malformed command line (an unknown option)
+    keeps click's exit code 2.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except RefsegError as error:
             raise click.ClickException(str(error)) from None
+        except click.BadParameter as error:
+            error.exit_code = 1
+            raise
+
+
+class Bounded(click.ParamType):
+    """An integer or finite number within bounds (:class:`refseg.presets.SettingRange`).
+
+    click's ``FloatRange`` lets NaN through (every comparison with NaN is false); this type
+    refuses NaN and infinities, and says what it wants: ``0 is not an integer >= 1``.
+    """
+
+    def __init__(self, kind: type, minimum: float | None = None, maximum: float | None = None) -> None:
+        self.allowed = SettingRange(kind, minimum, maximum)
+        self.name = "integer" if kind is int else "number"
+
+    @classmethod
+    def of(cls, allowed: SettingRange) -> Bounded:
+        return cls(allowed.kind, allowed.minimum, allowed.maximum)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            try:
+                value = self.allowed.kind(value.strip())
+            except ValueError:
+                self.fail(f"{value!r} is not {self.allowed.describe()}.", param, ctx)
+        if not self.allowed.accepts(value):
+            self.fail(f"{value!r} is not {self.allowed.describe()}.", param, ctx)
+        return value
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "INTEGER" if self.allowed.kind is int else "NUMBER"
 
 
 class DefaultCommandGroup(RefsegGroup):
@@ -144,17 +181,23 @@ MODEL_HELP: dict[str, str] = {
     "dtype": "Compute dtype (default: the preset's).",
 }
 
-# Setting overrides: option name -> (Preset field, type, help).
+# Setting overrides: option name -> (Preset field, help); their types come from SETTING_RANGES.
 REFERENCE_SETTINGS = {
-    "--context-ratio": ("context_ratio", float, "Reference crop margin (paper: 0.2)."),
+    "--context-ratio": ("context_ratio", "Reference crop margin, >= 0 (paper: 0.2)."),
 }
 PREDICT_SETTINGS = {
-    "--points-per-side": ("points_per_side", int, "Proposal grid side (paper: 32)."),
-    "--batch-size": ("points_batch_size", int, "Prompts per decoder call (speed only)."),
-    "--iou-thr": ("iou_threshold", float, "SAM2 predicted-IoU filter (paper: 0.4)."),
-    "--nms-thr": ("nms_threshold", float, "Class-wise NMS IoU (paper: 0.5)."),
-    "--max-instances": ("max_instances", int, "Instances kept per image (paper: 100)."),
+    "--points-per-side": ("points_per_side", "Proposal grid side, >= 1 (paper: 32)."),
+    "--batch-size": ("points_batch_size", "Prompts per decoder call, >= 1 (speed only)."),
+    "--iou-thr": ("iou_threshold", "SAM2 predicted-IoU filter, in [0, 1] (paper: 0.4)."),
+    "--nms-thr": ("nms_threshold", "Class-wise NMS IoU, in [0, 1] (paper: 0.5)."),
+    "--max-instances": ("max_instances", "Instances kept per image, >= 1 (paper: 100)."),
 }
+
+#: Types of the options that are not settings (declared here once, used by every verb).
+COUNT = Bounded(int, 1)  # --shots, --limit, --max-per-class
+SCORE = Bounded(float, 0, 1)  # --score-thr
+PORT = Bounded(int, 0, 65535)
+TILE = Bounded(int, 16, 1024)  # --tile-size
 MODEL_CHOICES = ("preset", "sam2", "encoder", "device", "dtype")
 
 
@@ -193,9 +236,10 @@ def model_options(
     options = [declared[name] for name in choices]
     settings = {**(REFERENCE_SETTINGS if references else {}), **(PREDICT_SETTINGS if predict else {})}
     options += [
-        click.option(flag, field, type=kind, help=text) for flag, (field, kind, text) in settings.items()
+        click.option(flag, field, type=Bounded.of(SETTING_RANGES[field]), help=text)
+        for flag, (field, text) in settings.items()
     ]
-    fields = [field for field, _, _ in settings.values()]
+    fields = [field for field, _ in settings.values()]
 
     def decorate(function: Callable) -> Callable:
         @functools.wraps(function)

@@ -10,7 +10,7 @@ from ..data.coco import load_coco, write_json
 from ..errors import InvalidInputError
 from ..memory import MemoryBank
 from ..model_spec import ModelSpec
-from .options import CONTEXT_SETTINGS, PrintReporter, echo, model_options, output_option
+from .options import CONTEXT_SETTINGS, COUNT, SCORE, PrintReporter, echo, model_options, output_option
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -29,9 +29,13 @@ from .options import CONTEXT_SETTINGS, PrintReporter, echo, model_options, outpu
 @click.option("--images", type=click.Path(file_okay=False), help="With --coco: the folder of its images.")
 @output_option("-o", "--output", required=True, help="The COCO results json to write.")
 @click.option(
-    "--score-thr", type=float, default=0.0, show_default=True, help="Drop instances scoring below this."
+    "--score-thr",
+    type=SCORE,
+    default=0.0,
+    show_default=True,
+    help="Drop instances scoring below this (in [0, 1]).",
 )
-@click.option("--limit", type=int, help="Only the first N target images.")
+@click.option("--limit", type=COUNT, help="Only the first N target images (N >= 1).")
 @output_option("--vis", "vis_dir", folder=True, help="Also write overlay PNGs into this folder.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run with the same settings and output.")
 @model_options(predict=True)

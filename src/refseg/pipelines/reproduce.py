@@ -90,6 +90,8 @@ def reproduce_coco_fsod(
     root = Path(coco_root)
     train_json = root / "annotations" / "instances_train2017.json"
     val_json = root / "annotations" / "instances_val2017.json"
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InvalidInputError(f"limit must be an integer >= 1 (or None for every image), got {limit!r}.")
     for needed in (train_json, val_json, root / "train2017", root / "val2017"):
         if not needed.exists():
             raise InvalidInputError(f"{needed} not found: --coco-root must hold the COCO 2017 layout.")
@@ -101,7 +103,7 @@ def reproduce_coco_fsod(
     check_outputs(run / "results.json")
     targets = coco_targets(val_json, root / "val2017")
     if limit is not None:
-        targets = targets[: max(0, limit)]
+        targets = targets[:limit]
     settings = models.settings()
 
     with distributed_context(models.device) as dist:
