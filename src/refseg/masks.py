@@ -136,9 +136,35 @@ def _polygons_to_rle(polygons: list, height: int, width: int) -> dict:
     return mask_utils.merge(mask_utils.frPyObjects(drawable, height, width))
 
 
+def box_numbers(box: Any, *, what: str = "A box") -> tuple[float, float, float, float]:
+    """The four numbers of a box (any convention), checked: four finite numbers.
+
+    The one check every box goes through (Python API boxes, COCO ``bbox``, boxes from memory
+    files): a NaN box would otherwise be clipped to the whole image.
+
+    Raises:
+        InvalidInputError: not four numbers, or a NaN or infinite one.
+    """
+    try:
+        values = [float(v) for v in box]
+        if any(isinstance(v, bool | str) for v in box):
+            raise TypeError
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidInputError(f"{what} is four numbers; got {box!r}.") from None
+    if len(values) != 4:
+        raise InvalidInputError(f"{what} is four numbers; got {len(values)}: {box!r}.")
+    if not all(np.isfinite(values)):
+        raise InvalidInputError(f"{what} holds a NaN or infinite number: {box!r}.")
+    return values[0], values[1], values[2], values[3]
+
+
 def box_to_mask(bbox: Sequence[float], height: int, width: int) -> np.ndarray:
-    """The (H, W) bool mask of a COCO box (x, y, w, h): the pixels whose centre lies inside it."""
-    x, y, w, h = (float(v) for v in bbox)
+    """The (H, W) bool mask of a COCO box (x, y, w, h): the pixels whose centre lies inside it.
+
+    Raises:
+        InvalidInputError: not four finite numbers (:func:`box_numbers`).
+    """
+    x, y, w, h = box_numbers(bbox, what="A COCO bbox (x, y, w, h)")
     mask = np.zeros((height, width), dtype=bool)
     x0, y0 = max(0, int(np.ceil(x - 0.5))), max(0, int(np.ceil(y - 0.5)))
     x1, y1 = min(width, int(np.ceil(x + w - 0.5))), min(height, int(np.ceil(y + h - 0.5)))

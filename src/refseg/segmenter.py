@@ -14,7 +14,7 @@ from . import matching
 from .data.images import ImageLike, load_image
 from .errors import InvalidInputError
 from .instances import Instances
-from .masks import MaskLike, decode_mask
+from .masks import MaskLike, box_numbers, decode_mask
 from .memory import MemoryBank, reference_feature
 from .models.base import Encoder, Proposals, Proposer
 from .preprocess import encoder_input, proposer_input
@@ -288,10 +288,7 @@ def _numpy(value: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def _check_box(box: Sequence[float], height: int, width: int) -> tuple[float, float, float, float]:
-    try:
-        x1, y1, x2, y2 = (float(v) for v in box)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"A box is four numbers x1, y1, x2, y2; got {box!r}.") from None
+    x1, y1, x2, y2 = box_numbers(box, what="A box (x1, y1, x2, y2)")
     x1, x2 = max(0.0, x1), min(float(width), x2)
     y1, y2 = max(0.0, y1), min(float(height), y2)
     if x2 <= x1 or y2 <= y1:
