@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +27,8 @@ from pycocotools.cocoeval import COCOeval
 from .data.coco import check_coco, has_segmentation, load_coco
 from .data.splits import resolve_classes
 from .errors import InvalidInputError
-from .masks import rle_area, rle_to_bbox, rle_to_json, segmentation_to_rle
+from .masks import is_clean_polygon_list, rle_area, rle_to_bbox, rle_to_json, segmentation_to_rle
+from .results import load_results
 
 logger = logging.getLogger(__name__)
 
@@ -106,41 +105,6 @@ def evaluate(
     return summary
 
 
-def load_results(results: str | os.PathLike | Sequence[Mapping]) -> list[dict]:
-    """A results list from a json path or a list, checked for the keys COCOeval needs.
-
-    Raises:
-        InvalidInputError: missing file, bad json, not a list, or a result missing image_id,
-            category_id, score, or both bbox and segmentation.
-    """
-    if isinstance(results, str | os.PathLike):
-        path = Path(results)
-        if not path.is_file():
-            raise InvalidInputError(f"Results json not found: {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise InvalidInputError(f"{path} is not valid json: {error}") from error
-        if isinstance(data, dict) and isinstance(data.get("annotations"), list):
-            data = data["annotations"]  # a COCO-style file holding results as annotations
-        source = str(path)
-    else:
-        data, source = results, "results"
-    if not isinstance(data, list | tuple):
-        raise InvalidInputError(f"{source}: expected a list of result dicts, got {type(data).__name__}.")
-    checked = []
-    for index, result in enumerate(data):
-        if not isinstance(result, Mapping):
-            raise InvalidInputError(f"{source}: result #{index} is not an object.")
-        missing = [key for key in ("image_id", "category_id", "score") if key not in result]
-        if missing:
-            raise InvalidInputError(f"{source}: result #{index} lacks {', '.join(map(repr, missing))}.")
-        if "bbox" not in result and "segmentation" not in result:
-            raise InvalidInputError(f"{source}: result #{index} has neither a bbox nor a segmentation.")
-        checked.append(dict(result))
-    return checked
-
-
 def restrict_gt(gt: Mapping, category_ids: Sequence[int], image_ids: Iterable[int] | None = None) -> dict:
     """A copy of a gt COCO dict with only the given categories (and images), for nAP.
 
@@ -168,6 +132,14 @@ def restrict_gt(gt: Mapping, category_ids: Sequence[int], image_ids: Iterable[in
         annotation.setdefault("iscrowd", 0)
         if "id" not in annotation:
             annotation["id"], next_id = next_id, next_id + 1
+        if has_segmentation(annotation) and not is_clean_polygon_list(annotation["segmentation"]):
+            # degenerate polygons or an RLE: as refseg.masks reads them, before pycocotools does
+            height, width = image_sizes[int(annotation["image_id"])]
+            try:
+                rle = segmentation_to_rle(annotation["segmentation"], height, width)
+            except InvalidInputError as error:
+                raise InvalidInputError(f"Ground-truth annotation {annotation['id']}: {error}") from None
+            annotation["segmentation"] = rle_to_json(rle)
         if ("bbox" not in annotation or "area" not in annotation) and has_segmentation(annotation):
             height, width = image_sizes[int(annotation["image_id"])]
             rle = segmentation_to_rle(annotation["segmentation"], height, width)
@@ -282,7 +254,8 @@ def _prepare_results(results: Sequence[Mapping], iou_type: str, images: Sequence
     """Copies of the results in the form ``COCO.loadRes`` handles for this iou type.
 
     bbox: a result without a box gets its mask's box. segm: boxes are dropped (so areas come
-    from the masks) and polygon segmentations become RLE.
+    from the masks) and every segmentation is read by :func:`refseg.masks.segmentation_to_rle`
+    (polygons become RLE; an RLE of the wrong size or malformed counts is refused).
     """
     sizes = {int(image["id"]): (int(image["height"]), int(image["width"])) for image in images}
     prepared = []
@@ -295,9 +268,11 @@ def _prepare_results(results: Sequence[Mapping], iou_type: str, images: Sequence
                     f"A result on image {result['image_id']} has no segmentation: evaluate box results "
                     "with iou_types=('bbox',)."
                 )
-            if isinstance(segmentation, list) or isinstance(segmentation.get("counts"), list):
-                height, width = sizes[int(result["image_id"])]
+            height, width = sizes[int(result["image_id"])]
+            try:  # the mask module's checks: pycocotools' C code trusts what it is given
                 result["segmentation"] = rle_to_json(segmentation_to_rle(segmentation, height, width))
+            except InvalidInputError as error:
+                raise InvalidInputError(f"A result on image {result['image_id']}: {error}") from None
         if iou_type == "segm":
             result.pop("bbox", None)
         elif "bbox" not in result:

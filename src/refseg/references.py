@@ -71,9 +71,13 @@ def add_coco_references(
         coco: a COCO dict with images, annotations and categories.
         images_dir: the folder the images' ``file_name`` are relative to.
         progress: show a tqdm progress bar.
-    """
-    from .data.coco import annotation_to_mask, has_segmentation, image_path
 
+    Raises:
+        InvalidInputError: the COCO dict is malformed (:func:`refseg.data.coco.check_coco`).
+    """
+    from .data.coco import annotation_to_mask, check_coco, has_segmentation, image_path
+
+    coco = check_coco(dict(coco), require=("annotations",), source="the references' COCO data")
     names = {int(c["id"]): str(c["name"]) for c in coco.get("categories", [])}
     images = {int(i["id"]): i for i in coco.get("images", [])}
     cached: tuple[int, np.ndarray] | None = None  # the last image read: annotations come grouped

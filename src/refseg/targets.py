@@ -85,20 +85,20 @@ def coco_targets(coco_json: str | os.PathLike, images_dir: str | os.PathLike) ->
     """The images of a COCO json (in the file's order), with their own ids.
 
     Raises:
-        InvalidInputError: the json cannot be read or has no ``images`` list.
+        InvalidInputError: the json cannot be read, has no ``images`` list, or an image entry
+            of the wrong shape (:func:`refseg.data.coco.check_images`: ids must be unique
+            integers, every image needs a ``file_name``).
     """
+    from .data.coco import check_images, image_path
+
     data = read_json(coco_json)
-    images = data.get("images") if isinstance(data, dict) else None
-    if not isinstance(images, list):
+    if not isinstance(data, dict) or "images" not in data:
         raise InvalidInputError(f"{coco_json} is not a COCO json: it has no 'images' list.")
+    images = check_images(data["images"], str(coco_json), sizes=False, file_names=True)
     root = Path(images_dir)
     if not root.is_dir():
         raise InvalidInputError(f"Images folder not found: {root}")
-    targets = []
-    for image in images:
-        name = str(image["file_name"])
-        targets.append(Target(root / name, name, int(image["id"])))
-    return targets
+    return [Target(image_path(image, root), image["file_name"], int(image["id"])) for image in images]
 
 
 def read_image_ids(path: str | os.PathLike) -> list[int]:

@@ -22,7 +22,7 @@ from ..masks import box_to_mask, mask_to_rle
 from ..matching import upsample_masks
 from ..models.base import Proposer
 from ..preprocess import proposer_input
-from .coco import annotations_by_image, has_segmentation, iter_images
+from .coco import annotations_by_image, check_coco, has_segmentation, iter_images
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +95,11 @@ def boxes_to_masks(
         ``{"id", "file_name", "error"}``.
 
     Raises:
-        InvalidInputError: the proposer returns the wrong number of masks.
+        InvalidInputError: a malformed COCO dict (:func:`~refseg.data.coco.check_coco`), or the
+            proposer returns the wrong number of masks.
     """
+    result = check_coco(copy.deepcopy(dict(coco)), source="the COCO data")
     size = int(image_size or proposer.image_size)
-    result = copy.deepcopy(dict(coco))
     by_image = annotations_by_image(result)
     todo = {
         image_id

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import numbers
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -17,7 +19,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..files import atomic_write
-from ..masks import box_to_mask, segmentation_to_mask
+from ..masks import box_numbers, box_to_mask, segmentation_to_mask
 from .images import load_image
 
 logger = logging.getLogger(__name__)
@@ -56,15 +58,24 @@ def load_coco(path: str | os.PathLike, *, require: Sequence[str] = REQUIRED_KEYS
 
 
 def check_coco(data: Any, *, require: Sequence[str] = REQUIRED_KEYS, source: str = "COCO data") -> dict:
-    """Check the structure of a COCO dict (in place: absent optional lists become ``[]``).
+    """Check the structure and field types of a COCO dict (in place: absent optional lists
+    become ``[]``), so that nothing downstream meets a field of the wrong type.
 
     Checks: an object; the ``require`` keys are present; ``images``, ``annotations`` and
-    ``categories`` are lists; every image has an ``id``, ``width`` and ``height``; every
-    category an ``id`` and ``name``; every annotation an ``image_id`` and ``category_id``.
-    (``file_name`` is checked where pixels are needed, by :func:`image_path`.)
+    ``categories`` are lists of objects;
+
+    - images: ``id`` an integer (not a bool; ``3.0`` counts as 3), unique; ``width`` and
+      ``height`` positive integers; ``file_name``, when present, a non-empty string (it is
+      required where pixels are needed, by :func:`image_path`);
+    - categories: ``id`` an integer, unique; ``name`` a non-empty string, unique (two
+      categories of one name would give a memory the wrong category id);
+    - annotations: ``image_id`` and ``category_id`` integers; ``id``, when present, an
+      integer, unique; ``iscrowd`` 0 or 1; ``bbox`` four finite numbers with width and
+      height >= 0; ``area`` a finite number >= 0; ``segmentation`` a list or an object (its
+      content is checked where it is decoded, :mod:`refseg.masks`).
 
     Raises:
-        InvalidInputError: naming the first offending key or entry.
+        InvalidInputError: naming the first offending entry and field.
     """
     if not isinstance(data, dict):
         raise InvalidInputError(f"{source}: expected a json object with images/annotations/categories.")
@@ -77,9 +88,11 @@ def check_coco(data: Any, *, require: Sequence[str] = REQUIRED_KEYS, source: str
             data[key] = []
         if not isinstance(data[key], list):
             raise InvalidInputError(f"{source}: {key!r} must be a list, got {type(data[key]).__name__}.")
-    _check_entries(data["images"], ("id", "width", "height"), "image", source)
     _check_entries(data["categories"], ("id", "name"), "category", source)
     _check_entries(data["annotations"], ("image_id", "category_id"), "annotation", source)
+    check_images(data["images"], source)
+    _check_categories(data["categories"], source)
+    _check_annotations(data["annotations"], source)
     return data
 
 
@@ -90,6 +103,113 @@ def _check_entries(entries: list, keys: Sequence[str], kind: str, source: str) -
         missing = [key for key in keys if key not in entry]
         if missing:
             raise InvalidInputError(f"{source}: {kind} #{index} lacks {', '.join(map(repr, missing))}.")
+
+
+def is_int(value: Any) -> bool:
+    """An integer, or a float with an integer value (``3.0``); never a bool or a string."""
+    kind = type(value)
+    if kind is int:  # the common case first: millions of ids in a COCO file
+        return True
+    if kind is bool:
+        return False
+    if isinstance(value, numbers.Integral):
+        return True
+    return isinstance(value, float) and math.isfinite(value) and value.is_integer()
+
+
+def _is_number(value: Any) -> bool:
+    kind = type(value)
+    if kind is float or kind is int:
+        return math.isfinite(value)
+    return isinstance(value, numbers.Real) and kind is not bool and math.isfinite(value)
+
+
+def _box_size(bbox: Any) -> tuple[float, float]:
+    """(w, h) of a COCO bbox of four finite numbers (:func:`refseg.masks.box_numbers`)."""
+    if type(bbox) is list and len(bbox) == 4:
+        x, y, w, h = bbox
+        if all(type(v) is float or type(v) is int for v in bbox) and math.isfinite(x + y + w + h):
+            return w, h
+    return box_numbers(bbox)[2:]
+
+
+def _bad(source: str, kind: str, index: int, entry: Mapping, key: str, wanted: str) -> InvalidInputError:
+    name = f"{kind} #{index}" + (f" (id {entry['id']!r})" if "id" in entry and key != "id" else "")
+    return InvalidInputError(f"{source}: {name}: {key!r} must be {wanted}, got {entry.get(key)!r}.")
+
+
+def _unique(values: list, what: str, source: str) -> None:
+    seen: set = set()
+    for value in values:
+        if value in seen:
+            raise InvalidInputError(
+                f"{source}: two {what} {value!r}; they must be unique (fix the file, e.g. renumber or merge them)."
+            )
+        seen.add(value)
+
+
+def check_images(images: Any, source: str, *, sizes: bool = True, file_names: bool = False) -> list[dict]:
+    """Check a COCO ``images`` list as :func:`check_coco` does.
+
+    Args:
+        sizes: ``width`` and ``height`` are required (else only checked when present).
+        file_names: ``file_name`` is required (else only checked when present).
+
+    Raises:
+        InvalidInputError: not a list of objects, or a field of the wrong type, or two images
+            with one id.
+    """
+    if not isinstance(images, list):
+        raise InvalidInputError(f"{source}: 'images' must be a list, got {type(images).__name__}.")
+    _check_entries(images, ("id",) + (("width", "height") if sizes else ()), "image", source)
+    for index, image in enumerate(images):
+        if not is_int(image["id"]):
+            raise _bad(source, "image", index, image, "id", "an integer")
+        for key in ("width", "height"):
+            if key in image and (not is_int(image[key]) or image[key] <= 0):
+                raise _bad(source, "image", index, image, key, "a positive integer")
+        name = image.get("file_name")
+        if (name is not None or file_names) and (not isinstance(name, str) or not name.strip()):
+            raise _bad(source, "image", index, image, "file_name", "a non-empty string")
+    _unique([int(image["id"]) for image in images], "images have the id", source)
+    return images
+
+
+def _check_categories(categories: list[dict], source: str) -> None:
+    for index, category in enumerate(categories):
+        if not is_int(category["id"]):
+            raise _bad(source, "category", index, category, "id", "an integer")
+        if not isinstance(category["name"], str) or not category["name"].strip():
+            raise _bad(source, "category", index, category, "name", "a non-empty string")
+    _unique([int(c["id"]) for c in categories], "categories have the id", source)
+    _unique([c["name"] for c in categories], "categories have the name", source)
+
+
+def _check_annotations(annotations: list[dict], source: str) -> None:
+    ids = []
+    for index, annotation in enumerate(annotations):
+        for key in ("image_id", "category_id"):
+            if not is_int(annotation[key]):
+                raise _bad(source, "annotation", index, annotation, key, "an integer")
+        if "id" in annotation:
+            if not is_int(annotation["id"]):
+                raise _bad(source, "annotation", index, annotation, "id", "an integer")
+            ids.append(int(annotation["id"]))
+        if "iscrowd" in annotation and annotation["iscrowd"] not in (0, 1):  # True/False count as 1/0
+            raise _bad(source, "annotation", index, annotation, "iscrowd", "0 or 1")
+        if "bbox" in annotation:
+            try:
+                w, h = _box_size(annotation["bbox"])
+            except InvalidInputError:
+                raise _bad(source, "annotation", index, annotation, "bbox", "four finite numbers") from None
+            if w < 0 or h < 0:
+                raise _bad(source, "annotation", index, annotation, "bbox", "x, y, w, h with w, h >= 0")
+        if "area" in annotation and (not _is_number(annotation["area"]) or annotation["area"] < 0):
+            raise _bad(source, "annotation", index, annotation, "area", "a finite number >= 0")
+        segmentation = annotation.get("segmentation")
+        if segmentation is not None and not isinstance(segmentation, list | dict):
+            raise _bad(source, "annotation", index, annotation, "segmentation", "polygons (a list) or an RLE")
+    _unique(ids, "annotations have the id", source)
 
 
 def category_names(coco: Mapping) -> dict[int, str]:
@@ -140,11 +260,14 @@ def image_path(image_info: Mapping, image_dir: str | os.PathLike) -> Path:
     """Where an image of a COCO file lies: ``image_dir / file_name``.
 
     Raises:
-        InvalidInputError: the image entry has no ``file_name``.
+        InvalidInputError: the image entry has no ``file_name`` (or not a non-empty string).
     """
-    if "file_name" not in image_info:
-        raise InvalidInputError(f"Image {image_info.get('id', '?')} of the COCO file has no 'file_name'.")
-    return Path(image_dir) / str(image_info["file_name"])
+    name = image_info.get("file_name")
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInputError(
+            f"Image {image_info.get('id', '?')} of the COCO file has no 'file_name' (a non-empty string)."
+        )
+    return Path(image_dir) / name
 
 
 def iter_images(
