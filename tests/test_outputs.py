@@ -209,3 +209,51 @@ def test_vis_never_writes_outside_its_folder(tmp_path: Path, inputs, tiny, memor
     assert (tmp_path / "victim.png").read_bytes() == b"precious"
     assert {p for p in tmp_path.rglob("*") if "out" not in p.parts} == before
     assert sorted(p.name for p in vis.iterdir()) == ["a.jpg.png", "a.png.png", "victim.png"]
+
+
+# ----------------------------------------------------------------------------- category ids
+
+
+def test_predict_coco_gives_results_the_jsons_category_ids(tmp_path: Path, inputs, tiny, memory_file) -> None:
+    """A --folder memory numbers its classes 1..K; the json's cat is 17."""
+    out = tmp_path / "r.json"
+    result = invoke("predict", "--coco", inputs["annotations"], "--images", inputs["images"], "--memory",
+                    memory_file, "-o", out, "--points-per-side", 2, *tiny)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "cat 1 -> 17" in result.stderr
+    assert json.loads((tmp_path / "r.json.images.json").read_text())["categories"] == [
+        {"id": 17, "name": "cat"}
+    ]
+    assert {r["category_id"] for r in json.loads(out.read_text())} <= {17}
+
+
+def test_predict_coco_refuses_a_memory_whose_classes_the_json_lacks(
+    tmp_path: Path, inputs, tiny, memory_file
+):
+    from refseg.memory import MemoryBank
+
+    bank = MemoryBank.load(memory_file)
+    other = MemoryBank(bank.encoder, bank.context_ratio)
+    other.add(bank.reference_features[0], "kitty")
+    other.save(tmp_path / "kitty.safetensors")
+    result = invoke("predict", "--coco", inputs["annotations"], "--images", inputs["images"], "--memory",
+                    tmp_path / "kitty.safetensors", "-o", tmp_path / "r.json", *tiny)  # fmt: skip
+    assert result.exit_code == 1
+    assert "class(es) 'kitty' are not categories of the targets' json" in result.stderr
+    assert "cat, dog" in result.stderr and not (tmp_path / "r.json").exists()
+
+
+def test_eval_refuses_results_of_other_category_ids(tmp_path: Path, inputs) -> None:
+    """Results of a 1..K memory against a json of ids 17, 18 printed all zeros, exit 0."""
+    results = [{"image_id": 0, "category_id": 1, "score": 0.9, "bbox": [1, 2, 30, 30]}]
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    (tmp_path / "r.json.images.json").write_text(
+        json.dumps({"images": [], "categories": [{"id": 1, "name": "cat"}]})
+    )
+    result = invoke("eval", "--gt", inputs["annotations"], "--results", tmp_path / "r.json")
+    assert result.exit_code == 1
+    assert (
+        "None of the results' category ids (1) is a category of the ground truth (cat=17, dog=18)"
+        in result.stderr
+    )
+    assert "the results name theirs cat=1" in result.stderr and "--coco" in result.stderr

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -68,7 +69,8 @@ def evaluate(
 
     Raises:
         InvalidInputError: unreadable files, an unknown class or iou type, results on images
-            not in the gt, ``segm`` asked for with box-only ground truth or results.
+            not in the gt, results none of whose category ids is a gt category, ``segm``
+            asked for with box-only ground truth or results.
     """
     unknown = [t for t in iou_types if t not in IOU_TYPES]
     if unknown or not iou_types:
@@ -77,6 +79,7 @@ def evaluate(
         raise InvalidInputError(f"max_dets must be at least 1, got {max_dets}.")
     gt_data = load_coco(gt) if isinstance(gt, str | os.PathLike) else check_coco(dict(gt))
     result_list = load_results(results)
+    _check_result_categories(result_list, gt_data["categories"], results)
 
     if classes is None:
         chosen = [(str(c["name"]), int(c["id"])) for c in gt_data["categories"]]
@@ -103,6 +106,42 @@ def evaluate(
         summary[iou_type] = stats
         summary["per_class"][iou_type] = per_class
     return summary
+
+
+def _check_result_categories(results: Sequence[Mapping], categories: Sequence[Mapping], source: Any) -> None:
+    """Refuse results whose category ids are none of the ground truth's (all-zero scores that
+    say nothing); warn about those that are partly so (they are not evaluated)."""
+    found = {int(r["category_id"]) for r in results}
+    known = {int(c["id"]): str(c["name"]) for c in categories}
+    stray = found - set(known)
+    if not stray:
+        return
+    if stray != found:
+        logger.warning(
+            "%d result(s) have category ids the ground truth does not have (%s): not evaluated",
+            sum(int(r["category_id"]) in stray for r in results),
+            ", ".join(map(str, sorted(stray)[:10])),
+        )
+        return
+    gt_ids = ", ".join(f"{name}={cid}" for cid, name in sorted(known.items())[:20])
+    named = ""
+    if isinstance(source, str | os.PathLike):
+        from .results import sidecar_path
+
+        sidecar = sidecar_path(source, "images")
+        try:
+            listed = json.loads(sidecar.read_text(encoding="utf-8")).get("categories") or []
+            named = ", ".join(f"{c['name']}={c['id']}" for c in listed[:20])
+        except (OSError, ValueError, AttributeError, TypeError, KeyError):
+            named = ""
+    raise InvalidInputError(
+        f"None of the results' category ids ({', '.join(map(str, sorted(found)[:20]))}) is a category of "
+        f"the ground truth ({gt_ids or 'none'})"
+        + (f"; the results name theirs {named}" if named else "")
+        + ". The results were made with other category ids: predict with --coco GT.json --images DIR "
+        "(results then carry the json's id of each class, matched by name), or build the memory from "
+        "this data set's references."
+    )
 
 
 def restrict_gt(gt: Mapping, category_ids: Sequence[int], image_ids: Iterable[int] | None = None) -> dict:

@@ -89,16 +89,26 @@ def coco_targets(coco_json: str | os.PathLike, images_dir: str | os.PathLike) ->
             of the wrong shape (:func:`refseg.data.coco.check_images`: ids must be unique
             integers, every image needs a ``file_name``).
     """
-    from .data.coco import check_images, image_path
+    return coco_targets_and_categories(coco_json, images_dir)[0]
+
+
+def coco_targets_and_categories(
+    coco_json: str | os.PathLike, images_dir: str | os.PathLike
+) -> tuple[list[Target], list[dict[str, Any]]]:
+    """:func:`coco_targets` and the json's ``categories`` (checked; ``[]`` when it has none),
+    read once: results on these images must carry these category ids."""
+    from .data.coco import check_categories, check_images, image_path
 
     data = read_json(coco_json)
     if not isinstance(data, dict) or "images" not in data:
         raise InvalidInputError(f"{coco_json} is not a COCO json: it has no 'images' list.")
     images = check_images(data["images"], str(coco_json), sizes=False, file_names=True)
+    categories = check_categories(data.get("categories", []), str(coco_json))
     root = Path(images_dir)
     if not root.is_dir():
         raise InvalidInputError(f"Images folder not found: {root}")
-    return [Target(image_path(image, root), image["file_name"], int(image["id"])) for image in images]
+    targets = [Target(image_path(image, root), image["file_name"], int(image["id"])) for image in images]
+    return targets, categories
 
 
 def read_image_ids(path: str | os.PathLike) -> list[int]:

@@ -55,7 +55,8 @@ def predict(
     """Segment images with a memory bank; write COCO results (RLE masks).
 
     TARGETS are image files, folders or quoted glob patterns ('photos/**/*.jpg'); or use
-    --coco val.json --images DIR for the images of a COCO json (with their ids). Results are
+    --coco val.json --images DIR for the images of a COCO json (with their ids; results carry
+    the json's category id of each class, matched by name). Results are
     written as they come to OUTPUT.partial.jsonl, so an interrupted run continues with
     --resume. Beside OUTPUT: OUTPUT.images.json (file name -> image id) and, if some images
     could not be read, OUTPUT.errors.json. Multi-GPU: torchrun --nproc-per-node N -m refseg predict ...
@@ -67,14 +68,15 @@ def predict(
       refseg predict --memory memory.safetensors --coco val.json --images val2017/ -o results.json
     """
     from ..pipelines.predict import predict_images
-    from ..targets import coco_targets, collect_targets
+    from ..targets import coco_targets_and_categories, collect_targets
 
+    categories = None
     if coco_json is not None:
         if images is None:
             raise InvalidInputError("--coco needs --images DIR, the folder of its images.")
         if targets:
             raise InvalidInputError("Give either target images or --coco JSON --images DIR, not both.")
-        target_list = coco_targets(coco_json, images)
+        target_list, categories = coco_targets_and_categories(coco_json, images)
     elif targets:
         target_list = collect_targets(targets)
     else:
@@ -93,6 +95,7 @@ def predict(
         vis_dir=vis_dir,
         resume=resume,
         reporter=PrintReporter(),
+        categories=categories,
     )
 
 

@@ -88,10 +88,9 @@ def check_coco(data: Any, *, require: Sequence[str] = REQUIRED_KEYS, source: str
             data[key] = []
         if not isinstance(data[key], list):
             raise InvalidInputError(f"{source}: {key!r} must be a list, got {type(data[key]).__name__}.")
-    _check_entries(data["categories"], ("id", "name"), "category", source)
     _check_entries(data["annotations"], ("image_id", "category_id"), "annotation", source)
     check_images(data["images"], source)
-    _check_categories(data["categories"], source)
+    check_categories(data["categories"], source)
     _check_annotations(data["annotations"], source)
     return data
 
@@ -175,7 +174,16 @@ def check_images(images: Any, source: str, *, sizes: bool = True, file_names: bo
     return images
 
 
-def _check_categories(categories: list[dict], source: str) -> None:
+def check_categories(categories: Any, source: str) -> list[dict]:
+    """Check a COCO ``categories`` list as :func:`check_coco` does (integer ids and non-empty
+    names, both unique).
+
+    Raises:
+        InvalidInputError: naming the first offending category.
+    """
+    if not isinstance(categories, list):
+        raise InvalidInputError(f"{source}: 'categories' must be a list, got {type(categories).__name__}.")
+    _check_entries(categories, ("id", "name"), "category", source)
     for index, category in enumerate(categories):
         if not is_int(category["id"]):
             raise _bad(source, "category", index, category, "id", "an integer")
@@ -183,6 +191,7 @@ def _check_categories(categories: list[dict], source: str) -> None:
             raise _bad(source, "category", index, category, "name", "a non-empty string")
     _unique([int(c["id"]) for c in categories], "categories have the id", source)
     _unique([c["name"] for c in categories], "categories have the name", source)
+    return categories
 
 
 def _check_annotations(annotations: list[dict], source: str) -> None:
@@ -210,6 +219,53 @@ def _check_annotations(annotations: list[dict], source: str) -> None:
         if segmentation is not None and not isinstance(segmentation, list | dict):
             raise _bad(source, "annotation", index, annotation, "segmentation", "polygons (a list) or an RLE")
     _unique(ids, "annotations have the id", source)
+
+
+def category_ids_by_name(
+    class_ids: Mapping[str, int], categories: Sequence[Mapping], source: str = "the COCO json"
+) -> dict[str, int]:
+    """The category id each class's results must carry on a COCO data set: the id of the
+    data set's category of the same name.
+
+    A memory built from a folder numbers its classes 1..K; a COCO data set has its own ids
+    (7..9, say). Results written with the memory's ids would name categories the data set
+    does not have, or the wrong ones. Classes are matched by name (exactly, else ignoring
+    case, spaces, ``_`` and ``-``, and VOC/COCO spellings: :func:`refseg.data.splits.resolve_classes`).
+
+    Args:
+        class_ids: class name -> category id (``MemoryBank.category_ids``).
+        categories: the data set's ``categories`` list; empty: ``class_ids`` is kept.
+
+    Returns:
+        class name -> the data set's category id.
+
+    Raises:
+        InvalidInputError: a class with no category of its name in the data set.
+    """
+    from .splits import resolve_classes
+
+    if not categories:
+        return dict(class_ids)
+    exact = {str(c["name"]): int(c["id"]) for c in categories}
+    mapped: dict[str, int] = {}
+    unknown: list[str] = []
+    for name in class_ids:
+        if name in exact:
+            mapped[name] = exact[name]
+            continue
+        try:
+            mapped[name] = resolve_classes([name], categories)[0][1]
+        except InvalidInputError:
+            unknown.append(name)
+    if unknown:
+        shown = ", ".join(sorted(exact)[:30]) + (", ..." if len(exact) > 30 else "")
+        raise InvalidInputError(
+            f"The memory's class(es) {', '.join(map(repr, unknown))} are not categories of {source} "
+            f"(its categories: {shown}), so results could not carry its category ids. Build the memory "
+            "from references named as its categories (refseg sample + memory --refs, or reference "
+            "folders named after them), or predict without --coco."
+        )
+    return mapped
 
 
 def category_names(coco: Mapping) -> dict[int, str]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.coco import category_ids_by_name
 from ..distributed import DistributedContext, distributed_context
 from ..errors import InvalidInputError
 from ..files import check_writable
@@ -28,6 +29,7 @@ def predict_images(
     vis_dir: str | os.PathLike | None = None,
     resume: bool = False,
     reporter: Reporter | None = None,
+    categories: Sequence[Mapping[str, Any]] | None = None,
 ) -> PredictSummary | None:
     """Segment ``targets`` with ``memory`` (or a memory built from ``references_dir``).
 
@@ -39,6 +41,8 @@ def predict_images(
         models: the models and settings.
         memory: the memory bank; or ``references_dir``, a folder with one sub-folder per class
             (:func:`refseg.references.add_folder_references`). Exactly one of the two.
+        categories: the categories of the COCO json the targets come from: results carry the
+            id of the category named as each class (:func:`refseg.data.coco.category_ids_by_name`).
         Others: as :func:`refseg.runner.predict_files`.
 
     Returns:
@@ -46,7 +50,8 @@ def predict_images(
 
     Raises:
         InvalidInputError: neither or both of ``memory`` and ``references_dir``, no usable
-            reference in the folder, or as :func:`~refseg.runner.predict_files`.
+            reference in the folder, a class not among ``categories``, or as
+            :func:`~refseg.runner.predict_files`.
         OutputError: an output cannot be written (checked before the models are loaded).
         WeightsUnavailableError: a model cannot be loaded.
     """
@@ -61,9 +66,29 @@ def predict_images(
         segmenter = models.load_segmenter(device=dist.device, memory=memory)
         if references_dir is not None:
             build_folder_memory(segmenter, references_dir, memory_path, dist, reporter)
+        category_ids = json_category_ids(segmenter, categories, "the targets' json", dist, reporter)
         return predict_in_context(
-            segmenter, targets, output, dist, score_threshold, vis_dir, resume, reporter
+            segmenter, targets, output, dist, score_threshold, vis_dir, resume, reporter, category_ids
         )
+
+
+def json_category_ids(
+    segmenter: Any,
+    categories: Sequence[Mapping[str, Any]] | None,
+    source: str,
+    dist: DistributedContext,
+    reporter: Reporter,
+) -> dict[str, int] | None:
+    """The category ids results on a COCO json's images carry (:func:`category_ids_by_name`);
+    the process that reports says which differ from the memory's. None: no categories given."""
+    if not categories:
+        return None
+    own = segmenter.memory.category_ids
+    mapped = category_ids_by_name(own, categories, source)
+    moved = [f"{name} {own[name]} -> {mapped[name]}" for name in mapped if mapped[name] != own[name]]
+    if moved and dist.is_main:
+        reporter.warn(f"category ids taken from {source} by class name: {', '.join(moved)}")
+    return mapped
 
 
 def build_folder_memory(
@@ -96,12 +121,14 @@ def predict_in_context(
     vis_dir: str | os.PathLike | None,
     resume: bool,
     reporter: Reporter,
+    category_ids: Mapping[str, int] | None = None,
 ) -> PredictSummary | None:
     """:func:`~refseg.runner.predict_files` on this process's share; the summary where it merged."""
     summary = predict_files(
         segmenter,
         targets,
         output,
+        category_ids=category_ids,
         resume=resume,
         score_threshold=score_threshold,
         vis_dir=vis_dir,

@@ -19,8 +19,8 @@ from ..files import check_writable, check_writable_folder, make_folder
 from ..memory import MemoryBank
 from ..model_spec import ModelSpec
 from ..runner import PredictSummary, check_outputs
-from ..targets import coco_targets, read_json
-from .predict import predict_in_context
+from ..targets import coco_targets_and_categories, read_json
+from .predict import json_category_ids, predict_in_context
 from .reporter import Reporter
 
 # METHOD.md section 6: COCO-FSOD novel classes, AP bbox / segm in percent.
@@ -101,7 +101,7 @@ def reproduce_coco_fsod(
     for output in (refs_path, memory_path, run / "summary.json"):
         check_writable(output)
     check_outputs(run / "results.json")
-    targets = coco_targets(val_json, root / "val2017")
+    targets, categories = coco_targets_and_categories(val_json, root / "val2017")
     if limit is not None:
         targets = targets[:limit]
     settings = models.settings()
@@ -132,8 +132,9 @@ def reproduce_coco_fsod(
         segmenter.memory = MemoryBank.load(memory_path)
         if dist.is_main:
             reporter.step(f"[3/4] predicting {len(targets)} val2017 images")
+        category_ids = json_category_ids(segmenter, categories, str(val_json), dist, reporter)
         predicted = predict_in_context(
-            segmenter, targets, run / "results.json", dist, 0.0, None, resume, reporter
+            segmenter, targets, run / "results.json", dist, 0.0, None, resume, reporter, category_ids
         )
     if predicted is None:
         return None
