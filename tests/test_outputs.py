@@ -257,3 +257,50 @@ def test_eval_refuses_results_of_other_category_ids(tmp_path: Path, inputs) -> N
         in result.stderr
     )
     assert "the results name theirs cat=1" in result.stderr and "--coco" in result.stderr
+
+
+# ----------------------------------------------------------------------------- runs that did nothing
+
+
+def test_predict_where_every_image_fails_exits_1_with_the_summary(tmp_path: Path, tiny, memory_file) -> None:
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    for name in ("a.png", "b.jpg", "c.png"):
+        (targets / name).write_bytes(b"not a picture")
+    out = tmp_path / "r.json"
+    result = invoke("predict", "--memory", memory_file, targets, "-o", out, *tiny)
+    assert result.exit_code == 1
+    assert "0 instances on 0 images; this process segmented 0" in result.stdout
+    assert "Error: None of the 3 image(s) could be read (first: a.png: Cannot read image" in result.stderr
+    assert len(json.loads((tmp_path / "r.json.errors.json").read_text())) == 3
+
+
+def test_this_process_counts_only_the_images_it_segmented(tmp_path: Path, inputs, tiny, memory_file) -> None:
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    (targets / "a.png").write_bytes((inputs["images"] / "000000.png").read_bytes())
+    (targets / "b.png").write_bytes(b"not a picture")
+    result = invoke("predict", "--memory", memory_file, targets, "-o", tmp_path / "r.json",
+                    "--points-per-side", 2, *tiny)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "on 1 images; this process segmented 1 " in result.stdout
+    assert "1 image(s) could not be read" in result.stderr
+
+
+def test_boxes_to_masks_that_made_no_mask_exits_1(tmp_path: Path, inputs, tiny_sam2_dir: Path) -> None:
+    data = json.loads(inputs["annotations"].read_text())
+    for annotation in data["annotations"]:
+        annotation.pop("segmentation", None)
+    (tmp_path / "boxes.json").write_text(json.dumps(data))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = invoke("boxes-to-masks", tmp_path / "boxes.json", "--images", empty, "-o", tmp_path / "m.json",
+                    "--sam2", tiny_sam2_dir, "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 1
+    assert f"Error: No mask made: all {len(data['images'])} image(s) with boxes were skipped" in result.stderr
+    assert not (tmp_path / "m.json").exists()
+    data["annotations"] = []
+    (tmp_path / "none.json").write_text(json.dumps(data))
+    result = invoke("boxes-to-masks", tmp_path / "none.json", "--images", inputs["images"], "-o",
+                    tmp_path / "m.json", "--sam2", tiny_sam2_dir, "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 1 and "No mask to make" in result.stderr

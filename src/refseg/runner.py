@@ -71,7 +71,7 @@ class PredictSummary:
         images_path: the ``<out>.images.json`` mapping.
         errors_path: the ``<out>.errors.json`` report, or None when every image was read.
         total: images in the whole run.
-        processed: images this call segmented (or failed to read).
+        processed: images this call segmented (those it could not read are ``errors``).
         resumed: images skipped because an earlier run had done them.
         errors: unreadable images in the whole run (rank 0) or in this process's share.
         instances: result entries in the final file (rank 0) or written by this process.
@@ -206,8 +206,8 @@ def predict_files(
                     overlay = overlays.get(target.file_name)
                     record = _predict_one(segmenter, target, category_ids, score_threshold, overlay)
                     append_line(handle, record)
-                    summary.processed += 1
                     if record["status"] == "ok":
+                        summary.processed += 1
                         summary.instances += len(record["results"])
                     else:
                         summary.errors += 1

@@ -95,8 +95,9 @@ def boxes_to_masks(
         ``{"id", "file_name", "error"}``.
 
     Raises:
-        InvalidInputError: a malformed COCO dict (:func:`~refseg.data.coco.check_coco`), or the
-            proposer returns the wrong number of masks.
+        InvalidInputError: a malformed COCO dict (:func:`~refseg.data.coco.check_coco`), no
+            annotation with a box or a mask, every image with boxes was skipped (no mask
+            made), or the proposer returns the wrong number of masks.
     """
     result = check_coco(copy.deepcopy(dict(coco)), source="the COCO data")
     size = int(image_size or proposer.image_size)
@@ -106,6 +107,10 @@ def boxes_to_masks(
         for image_id, annotations in by_image.items()
         if any((overwrite or not has_segmentation(a)) and "bbox" in a for a in annotations)
     }
+    if not todo and not any(has_segmentation(a) for a in result["annotations"]):
+        raise InvalidInputError(
+            "No mask to make: no annotation has a bbox (and none has a segmentation already)."
+        )
     images = {"images": [image for image in result["images"] if int(image["id"]) in todo]}
     errors: list[tuple[dict, str]] = []
     counts = {"sam2": 0, "box": 0}
@@ -133,6 +138,15 @@ def boxes_to_masks(
             counts[source] += 1
     bar.update(len(images["images"]) - bar.n)
     bar.close()
+    if todo and not counts["sam2"] + counts["box"]:
+        shown = "; ".join(f"{info.get('file_name')}: {message}" for info, message in errors[:3])
+        if not errors:
+            shown = "their image ids are not in the json's images"
+        raise InvalidInputError(
+            f"No mask made: all {len(todo)} image(s) with boxes were skipped ({shown}"
+            + ("; ..." if len(errors) > 3 else "")
+            + "). Check --images: the json's file_name entries are relative to it."
+        )
     for info, message in errors:
         logger.warning(
             "boxes_to_masks: image %s (%s) skipped: %s", info.get("id"), info.get("file_name"), message

@@ -50,8 +50,8 @@ def predict_images(
 
     Raises:
         InvalidInputError: neither or both of ``memory`` and ``references_dir``, no usable
-            reference in the folder, a class not among ``categories``, or as
-            :func:`~refseg.runner.predict_files`.
+            reference in the folder, a class not among ``categories``, no image could be read
+            (after the files are written), or as :func:`~refseg.runner.predict_files`.
         OutputError: an output cannot be written (checked before the models are loaded).
         WeightsUnavailableError: a model cannot be loaded.
     """
@@ -123,7 +123,12 @@ def predict_in_context(
     reporter: Reporter,
     category_ids: Mapping[str, int] | None = None,
 ) -> PredictSummary | None:
-    """:func:`~refseg.runner.predict_files` on this process's share; the summary where it merged."""
+    """:func:`~refseg.runner.predict_files` on this process's share; the summary where it merged.
+
+    Raises:
+        InvalidInputError: no image of the run could be read (after the files are written and
+            the summary reported: a run that segmented nothing is a failure).
+    """
     summary = predict_files(
         segmenter,
         targets,
@@ -140,4 +145,10 @@ def predict_in_context(
     if not summary.merged:
         return None
     reporter.predicted(summary)
+    if summary.total and summary.errors == summary.total:
+        first = summary.error_records[0]
+        raise InvalidInputError(
+            f"None of the {summary.total} image(s) could be read (first: {first['file_name']}: {first['error']}); "
+            f"each is listed in {summary.errors_path}."
+        )
     return summary
