@@ -111,15 +111,17 @@ def voc2coco(
     Example:
       refseg voc2coco VOCdevkit/VOC2007 VOCdevkit/VOC2012 --set trainval -o voc_trainval.json
     """
-    from ..data.splits import SPLITS, VOC_CLASSES
+    from ..data.splits import COCO_TO_VOC, SPLITS, VOC_CLASSES
     from ..data.voc import voc_image_dir, voc_to_coco
 
     if classes is None:
         class_list: Sequence[str] = VOC_CLASSES
     elif classes.strip() in SPLITS:
         class_list = SPLITS[classes.strip()]
-    else:
-        class_list = [name.strip() for name in classes.split(",") if name.strip()]
+    else:  # VOC names; the six COCO spellings (airplane, tv...) are read as their VOC names
+        class_list = [
+            COCO_TO_VOC.get(name.strip(), name.strip()) for name in classes.split(",") if name.strip()
+        ]
     converted = voc_to_coco(list(voc_roots), image_set, classes=class_list, difficult=difficult)  # type: ignore[arg-type]
     write_json(converted, output)
     echo(
