@@ -1,11 +1,15 @@
 """refseg.files: names from data stay inside their folder, outputs are checked before work, writes are atomic with the umask's permissions
-and fail as OutputError."""
+and fail as OutputError, one run per output."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
+import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +23,8 @@ from refseg.files import (
     atomic_write,
     check_writable,
     check_writable_folder,
+    lock_path,
+    output_lock,
     safe_child,
     safe_relative,
     save_image,
@@ -169,3 +175,30 @@ def test_writing_under_a_file_is_an_output_error(tmp_path: Path) -> None:
 def test_save_image_refuses_an_unknown_extension(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="extension"):
         save_image(Image.fromarray(np.zeros((2, 2, 3), np.uint8)), tmp_path / "pic.nothing")
+
+
+# ----------------------------------------------------------------------------- the output lock
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    with output_lock(out) as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        holder = {"pid": os.getppid(), "host": socket.gethostname()}
+        lock.write_text(json.dumps(holder))  # as if a live process held it
+        with pytest.raises(OutputError, match=rf"Another refseg run \(pid {os.getppid()} .*is writing"):
+            with output_lock(out):
+                pass
+    assert lock_path(out).exists()  # not ours any more: left alone
+    lock_path(out).unlink()
+
+
+def test_the_lock_of_a_killed_run_is_taken_over(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    lock_path(out).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    with output_lock(out) as lock:
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert not lock_path(out).exists()

@@ -10,6 +10,8 @@ failures that say what went wrong.
   folder exists or can be made, is a folder, lets us create a file; the output is not a
   folder), checked by creating and removing a probe file, so it holds for root, ACLs and
   read-only mounts alike. Called before any model is loaded or any work is done.
+- :func:`output_lock`: ``<output>.lock`` holds the pid and host of the run writing ``output``;
+  a second run stops with a message instead of mixing its partial results with the first's.
 - :func:`atomic_write`: a temporary file in the output's folder, created with mode 0o666 so the
   umask decides the permissions (as for any file a program creates), written, synced, then
   renamed over the output. A failure (no space, no permission, a read-only disk, a file where a
@@ -21,11 +23,14 @@ failures that say what went wrong.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import secrets
+import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -235,3 +240,94 @@ def save_image(image: Any, path: str | os.PathLike) -> Path:
     fmt = picture_format(path)
     picture = image.convert("RGB") if fmt == "JPEG" and image.mode not in ("RGB", "L") else image
     return atomic_write(path, lambda temporary: picture.save(temporary, format=fmt))
+
+
+# ----------------------------------------------------------------------------- one run per output
+
+
+def lock_path(output: str | os.PathLike) -> Path:
+    """``<output>.lock``."""
+    output = Path(output)
+    return output.with_name(output.name + ".lock")
+
+
+@contextmanager
+def output_lock(output: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``<output>.lock`` while writing ``output``.
+
+    The lock file holds ``{"pid", "host"}``. A lock left by a process that is gone (same host,
+    no such pid: a killed run) is taken over.
+
+    Raises:
+        OutputError: another live run holds the lock, or the lock cannot be written.
+    """
+    lock = lock_path(output)
+    mine = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(3):
+        if _try_create(lock, mine):
+            break
+        holder = _read_lock(lock)
+        if holder is not None and _is_stale(holder, mine):
+            logger.warning("Taking over %s: its run (pid %s) is gone", lock, holder.get("pid"))
+            lock.unlink(missing_ok=True)
+            continue
+        who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "unknown process"
+        raise OutputError(
+            f"Another refseg run ({who}) is writing {output}. Wait for it to finish, or give another "
+            f"output; if no such run is going, remove {lock}."
+        )
+    else:  # pragma: no cover - three takeovers lost in a row
+        raise OutputError(f"Cannot take {lock}: other runs keep taking it.")
+    try:
+        yield lock
+    finally:
+        if _read_lock(lock) == mine:
+            lock.unlink(missing_ok=True)
+
+
+def _try_create(lock: Path, content: dict[str, Any]) -> bool:
+    """Create ``lock`` with ``content`` in one step (a hard link of a written file); False if it exists."""
+    make_folder(lock.parent)
+    staged = lock.with_name(f".{lock.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        staged.write_text(json.dumps(content), encoding="utf-8")
+        try:
+            os.link(staged, lock)
+        except FileExistsError:
+            return False
+        except OSError as error:  # a file system without hard links: create, then write
+            if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            try:
+                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(json.dumps(content))
+        return True
+    except OSError as error:
+        raise output_error(error, lock) from None
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _read_lock(lock: Path) -> dict[str, Any] | None:
+    try:
+        content = json.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def _is_stale(holder: dict[str, Any], mine: dict[str, Any]) -> bool:
+    """Whether the run that wrote the lock is gone: same host and no process with its pid."""
+    pid = holder.get("pid")
+    if holder.get("host") != mine["host"] or not isinstance(pid, int) or pid <= 0 or pid == mine["pid"]:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists (another user's process)
+        return False
+    return False

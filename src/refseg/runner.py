@@ -14,6 +14,7 @@ read, ``<out>.errors.json`` (:func:`refseg.results.write_results`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -30,8 +31,10 @@ from .errors import InvalidInputError, RefsegError
 from .files import (
     check_writable,
     check_writable_folder,
+    lock_path,
     make_folder,
     output_error,
+    output_lock,
     safe_child,
     safe_relative,
     save_image,
@@ -107,6 +110,7 @@ def check_outputs(out_path: str | os.PathLike, vis_dir: str | os.PathLike | None
     for path in (out_path, sidecar_path(out_path, "images"), sidecar_path(out_path, "errors")):
         check_writable(path)
     check_writable(partial_path(out_path))
+    check_writable(lock_path(out_path))
     if vis_dir is not None:
         check_writable_folder(vis_dir)
 
@@ -153,7 +157,8 @@ def predict_files(
     Raises:
         InvalidInputError: duplicate target names or ids, an empty memory bank, or a resume
             over partial files of a run with other settings.
-        OutputError: an output cannot be written (checked before the first image).
+        OutputError: an output cannot be written (checked before the first image), or another
+            run is writing it (``<out>.lock``, :func:`refseg.files.output_lock`).
     """
     if world_size > 1 and barrier is None:
         raise ValueError("a multi-process run needs a barrier")
@@ -175,54 +180,56 @@ def predict_files(
         out_path=out_path, images_path=sidecar_path(out_path, "images"), total=len(targets)
     )
 
-    if not resume and rank == 0:
-        for stale in partial_paths(out_path):
-            logger.warning(
-                "Deleting partial results of an earlier run: %s (use --resume to continue it)", stale
-            )
-            stale.unlink()
-    if world_size > 1:
-        barrier()  # type: ignore[misc]
-    done = _done_names(out_path, header) if resume else set()
+    # One run per output: a second run would delete or mix this one's partial files.
+    with output_lock(out_path) if rank == 0 else contextlib.nullcontext():
+        if not resume and rank == 0:
+            for stale in partial_paths(out_path):
+                logger.warning(
+                    "Deleting partial results of an earlier run: %s (use --resume to continue it)", stale
+                )
+                stale.unlink()
+        if world_size > 1:
+            barrier()  # type: ignore[misc]
+        done = _done_names(out_path, header) if resume else set()
 
-    share = list(targets[rank::world_size])
-    todo = [t for t in share if t.file_name not in done]
-    summary.resumed = len(share) - len(todo)
-    if summary.resumed:
-        logger.info("Resuming: %d of %d images already done", summary.resumed, len(share))
+        share = list(targets[rank::world_size])
+        todo = [t for t in share if t.file_name not in done]
+        summary.resumed = len(share) - len(todo)
+        if summary.resumed:
+            logger.info("Resuming: %d of %d images already done", summary.resumed, len(share))
 
-    own = partial_path(out_path, rank, world_size)
-    make_folder(out_path.parent)
-    start = time.perf_counter()
-    try:
-        if own.exists():
-            cut_torn_tail(own)
-        with open(own, "a", encoding="utf-8") as handle:
-            if handle.tell() == 0:
-                append_line(handle, header)
-            bar = progress_bar(len(share), summary.resumed, enabled=progress and rank == 0)
-            try:
-                for target in todo:
-                    overlay = overlays.get(target.file_name)
-                    record = _predict_one(segmenter, target, category_ids, score_threshold, overlay)
-                    append_line(handle, record)
-                    if record["status"] == "ok":
-                        summary.processed += 1
-                        summary.instances += len(record["results"])
-                    else:
-                        summary.errors += 1
-                        logger.warning("Skipped %s: %s", target.path, record["error"])
-                    bar.update(1)
-            finally:
-                bar.close()
-    except OSError as error:  # a full disk or a folder that became read-only, mid-run
-        raise output_error(error, own) from None
-    summary.seconds = time.perf_counter() - start
+        own = partial_path(out_path, rank, world_size)
+        make_folder(out_path.parent)
+        start = time.perf_counter()
+        try:
+            if own.exists():
+                cut_torn_tail(own)
+            with open(own, "a", encoding="utf-8") as handle:
+                if handle.tell() == 0:
+                    append_line(handle, header)
+                bar = progress_bar(len(share), summary.resumed, enabled=progress and rank == 0)
+                try:
+                    for target in todo:
+                        overlay = overlays.get(target.file_name)
+                        record = _predict_one(segmenter, target, category_ids, score_threshold, overlay)
+                        append_line(handle, record)
+                        if record["status"] == "ok":
+                            summary.processed += 1
+                            summary.instances += len(record["results"])
+                        else:
+                            summary.errors += 1
+                            logger.warning("Skipped %s: %s", target.path, record["error"])
+                        bar.update(1)
+                finally:
+                    bar.close()
+        except OSError as error:  # a full disk or a folder that became read-only, mid-run
+            raise output_error(error, own) from None
+        summary.seconds = time.perf_counter() - start
 
-    if world_size > 1:
-        barrier()  # type: ignore[misc]
-    if rank == 0:
-        _merge(targets, out_path, category_ids, summary)
+        if world_size > 1:
+            barrier()  # type: ignore[misc]
+        if rank == 0:
+            _merge(targets, out_path, category_ids, summary)
     return summary
 
 
