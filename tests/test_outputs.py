@@ -3,6 +3,7 @@ doing any work; overlays stay inside their folder and never share a file; one ru
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from cocodata import make_coco_dataset, make_voc_dataset
 from PIL import Image
 
 from refseg.cli import cli
+from refseg.errors import InvalidInputError
 
 # Model options that cannot load: a verb that got as far as loading them would say so.
 NO_MODELS = ["--sam2", "/nonexistent/sam2", "--encoder", "/nonexistent/dino", "--device", "cpu"]
@@ -304,3 +306,54 @@ def test_boxes_to_masks_that_made_no_mask_exits_1(tmp_path: Path, inputs, tiny_s
     result = invoke("boxes-to-masks", tmp_path / "none.json", "--images", inputs["images"], "-o",
                     tmp_path / "m.json", "--sam2", tiny_sam2_dir, "--device", "cpu")  # fmt: skip
     assert result.exit_code == 1 and "No mask to make" in result.stderr
+
+
+# ----------------------------------------------------------------------------- SAM2 only when a box needs it
+
+
+@pytest.fixture
+def sam2_without_weights(tmp_path: Path, tiny_sam2_dir: Path) -> Path:
+    """A SAM2 folder whose config is fine and whose weights are missing: loading them fails."""
+    folder = tmp_path / "sam2-config-only"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((tiny_sam2_dir / "config.json").read_bytes())
+    return folder
+
+
+def test_memory_from_masks_never_loads_sam2(tmp_path: Path, inputs, tiny_dinov2_dir, sam2_without_weights):
+    models = ["--sam2", sam2_without_weights, "--encoder", tiny_dinov2_dir, "--device", "cpu"]
+    result = invoke("memory", "--folder", inputs["refs"], "-o", tmp_path / "f.safetensors", *models)
+    assert result.exit_code == 0, result.output
+    result = invoke("memory", "--refs", inputs["annotations"], "--images", inputs["images"], "-o",
+                    tmp_path / "r.safetensors", *models)  # fmt: skip
+    assert result.exit_code == 0, result.output  # every sampled reference has a segmentation
+
+
+def test_a_box_reference_with_sam2_out_of_reach_stops_the_build(
+    tmp_path: Path, inputs, tiny_dinov2_dir, sam2_without_weights
+) -> None:
+    """Not 'every reference skipped': SAM2's weights are the run's problem, not a reference's."""
+    data = json.loads(inputs["annotations"].read_text())
+    data["annotations"][0].pop("segmentation")
+    (tmp_path / "refs.json").write_text(json.dumps(data))
+    result = invoke("memory", "--refs", tmp_path / "refs.json", "--images", inputs["images"], "-o",
+                    tmp_path / "m.safetensors", "--sam2", sam2_without_weights, "--encoder", tiny_dinov2_dir,
+                    "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 1
+    assert "Error: Could not load the SAM2 model" in result.stderr and "skipped" not in result.stderr
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_segmenter_loads_sam2_on_first_use(tiny_sam2_dir: Path, tiny_dinov2_dir: Path) -> None:
+    from refseg import Segmenter
+
+    segmenter = Segmenter.from_pretrained("fast", sam2=tiny_sam2_dir, encoder=tiny_dinov2_dir, device="cpu")
+    assert not segmenter.proposer.loaded
+    image = np.asarray(Image.new("RGB", (64, 48), (90, 120, 30)))
+    mask = np.zeros((48, 64), bool)
+    mask[10:30, 10:40] = True
+    segmenter.add_reference(image, "thing", mask=mask)
+    assert not segmenter.proposer.loaded
+    with contextlib.suppress(InvalidInputError):  # random weights: a mask, or none in the box
+        segmenter.reference_mask(image, box=(0, 0, 64, 48))
+    assert segmenter.proposer.loaded and segmenter.proposer.image_size == 1024

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .data.images import list_images, load_image
-from .errors import InvalidInputError, RefsegError
+from .errors import InvalidInputError
 from .runner import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -123,8 +123,9 @@ def add_coco_references(
 def _add_each(
     jobs: Iterable[tuple[dict, Any, Callable[[], None]]], total: int, progress: bool
 ) -> MemoryBuildReport:
-    """Run each ``(source, label, add)`` job under a progress bar; a job that raises a
-    RefsegError is skipped, logged under ``label`` and reported with its ``source``."""
+    """Run each ``(source, label, add)`` job under a progress bar; a job that raises an
+    InvalidInputError is skipped, logged under ``label`` and reported with its ``source``.
+    Other RefsegErrors (SAM2's weights out of reach at its first use) stop the build."""
     report = MemoryBuildReport()
     bar = progress_bar(total, 0, enabled=progress, desc="memory", unit="ref")
     try:
@@ -132,7 +133,7 @@ def _add_each(
             try:
                 add()
                 report.added += 1
-            except RefsegError as error:
+            except InvalidInputError as error:
                 report.skipped.append({"source": source, "reason": str(error)})
                 logger.warning("Reference %s skipped: %s", label, error)
             bar.update(1)

@@ -269,7 +269,7 @@ def _predict_one(
     try:
         image = load_image(target.path)
         instances = segmenter.predict(image)
-    except RefsegError as error:
+    except InvalidInputError as error:  # this image; weights or outputs out of reach stop the run
         return {**base, "status": "error", "error": str(error)}
     if score_threshold > 0:
         instances = instances.filter(score_threshold)

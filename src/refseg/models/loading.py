@@ -37,6 +37,7 @@ from transformers import (
 
 from ..errors import InvalidInputError, WeightsUnavailableError
 from .dinov2 import Dinov2Encoder
+from .lazy import LazyProposer
 from .sam2 import DecoderName, EncoderName, Sam2Options, Sam2Proposer
 
 logger = logging.getLogger(__name__)
@@ -311,7 +312,8 @@ def load_proposer(
     decoder: DecoderName = "fast",
     encoder: EncoderName = "lean",
     options: Sam2Options | None = None,
-) -> Sam2Proposer:
+    lazy: bool = False,
+) -> Sam2Proposer | LazyProposer:
     """A :class:`Sam2Proposer` from a hub id (``facebook/sam2-hiera-large``) or a directory.
 
     Args:
@@ -322,24 +324,32 @@ def load_proposer(
         decoder: "fast" or "stock" point decoder (same outputs).
         encoder: "lean" or "stock" Hiera forward (same outputs; lean uses less memory).
         options: how the fast decoder and the lean encoder split their work (same outputs).
+        lazy: check the checkpoint now (its config), load the weights on first use
+            (:class:`~refseg.models.lazy.LazyProposer`): work that never prompts SAM2 never
+            loads it.
 
     Raises:
-        WeightsUnavailableError: the weights cannot be reached or read.
+        WeightsUnavailableError: the weights cannot be reached or read (with ``lazy``: the
+            config now, the weights at first use).
         InvalidInputError: the checkpoint is not a SAM2 model, or a bad device/dtype.
     """
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     text = os.fspath(id_or_dir)
     checkpoint = _locate(_SAM2, text, revision)
-    model = _from_pretrained(_SAM2, text, checkpoint, Sam2Model, sam2_config_from(checkpoint.config))
-    return Sam2Proposer(
-        model,
-        device=torch_device,
-        dtype=torch_dtype,
-        decoder=decoder,
-        encoder=encoder,
-        options=options,
-        name=checkpoint.name,
-    )
+
+    def build() -> Sam2Proposer:
+        model = _from_pretrained(_SAM2, text, checkpoint, Sam2Model, sam2_config_from(checkpoint.config))
+        return Sam2Proposer(
+            model,
+            device=torch_device,
+            dtype=torch_dtype,
+            decoder=decoder,
+            encoder=encoder,
+            options=options,
+            name=checkpoint.name,
+        )
+
+    return LazyProposer(build, checkpoint.name) if lazy else build()
 
 
 def load_encoder(
