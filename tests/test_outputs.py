@@ -357,3 +357,83 @@ def test_segmenter_loads_sam2_on_first_use(tiny_sam2_dir: Path, tiny_dinov2_dir:
     with contextlib.suppress(InvalidInputError):  # random weights: a mask, or none in the box
         segmenter.reference_mask(image, box=(0, 0, 64, 48))
     assert segmenter.proposer.loaded and segmenter.proposer.image_size == 1024
+
+
+# ----------------------------------------------------------------------------- what the verbs say
+
+
+def test_memory_skips_are_listed_once_as_file_and_annotation(tmp_path: Path, inputs, tiny) -> None:
+    data = json.loads(inputs["annotations"].read_text())
+    data["images"][0]["file_name"] = "gone.png"
+    (tmp_path / "refs.json").write_text(json.dumps(data))
+    gone = [a["id"] for a in data["annotations"] if a["image_id"] == data["images"][0]["id"]]
+    result = invoke("memory", "--refs", tmp_path / "refs.json", "--images", inputs["images"], "-o",
+                    tmp_path / "m.safetensors", *tiny)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"  skipped gone.png (annotation {gone[0]}): Image not found" in result.stderr
+    assert result.stderr.count(f"(annotation {gone[0]})") == 1
+    assert "{" not in result.stderr and "Loading weights" not in result.stderr
+
+
+def test_boxes_to_masks_reports_each_skip_once(tmp_path: Path, inputs, tiny_sam2_dir: Path) -> None:
+    data = json.loads(inputs["annotations"].read_text())
+    for annotation in data["annotations"]:
+        annotation.pop("segmentation", None)
+    data["images"][0]["file_name"] = "gone.png"
+    (tmp_path / "boxes.json").write_text(json.dumps(data))
+    result = invoke("boxes-to-masks", tmp_path / "boxes.json", "--images", inputs["images"], "-o",
+                    tmp_path / "m.json", "--sam2", tiny_sam2_dir, "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("Image not found") == 1
+    assert f"skipped gone.png (image {data['images'][0]['id']}): Image not found" in result.stderr
+    assert "Loading weights" not in result.stderr
+
+
+def test_resume_refusal_names_only_the_setting_that_changed(
+    tmp_path: Path, inputs, tiny, memory_file
+) -> None:
+    from refseg.runner import partial_path
+
+    out = tmp_path / "r.json"
+    first = invoke("predict", "--memory", memory_file, inputs["images"], "-o", out, "--points-per-side", 2,
+                   "--limit", 1, *tiny)  # fmt: skip
+    assert first.exit_code == 0, first.output
+    # an interrupted run leaves its partial file: make one by stopping after the header
+    import refseg.runner as runner
+
+    real = runner._predict_one
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    runner._predict_one = stop
+    try:
+        invoke_result = CliRunner().invoke(cli, [str(a) for a in ("predict", "--memory", memory_file,
+                                                 inputs["images"], "-o", out, "--points-per-side", 2, *tiny)])  # fmt: skip
+    finally:
+        runner._predict_one = real
+    assert invoke_result.exit_code != 0 and partial_path(out).exists()
+    refused = invoke("predict", "--memory", memory_file, inputs["images"], "-o", out, "--points-per-side", 3,
+                     "--resume", *tiny)  # fmt: skip
+    assert refused.exit_code == 1
+    assert "points_per_side was 2, now 3" in refused.stderr and "iou_threshold" not in refused.stderr
+
+
+def test_names_that_are_not_utf8_never_crash_printing(tmp_path: Path) -> None:
+    import os
+
+    from refseg.cli.options import echo
+
+    name = os.fsdecode(b"caf\xe9.safetensors")  # a lone surrogate, as os.listdir gives it
+    result = invoke("memory", "info", tmp_path / name)
+    assert result.exit_code == 1 and "Error: Memory file not found" in result.stderr
+    assert "caf\\udce9" in result.stderr and "Traceback" not in result.output
+
+    import click
+
+    @click.command()
+    def say() -> None:
+        echo("class " + name)
+
+    printed = CliRunner().invoke(say, [])
+    assert printed.exit_code == 0 and "class caf\\udce9" in printed.output

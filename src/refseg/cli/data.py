@@ -72,13 +72,17 @@ def boxes_to_masks_command(
     """
     from ..data.boxes import boxes_to_masks
 
-    converted = boxes_to_masks(load_coco(coco_json), images, models.load_proposer(), overwrite=overwrite)
+    converted = boxes_to_masks(
+        load_coco(coco_json),
+        images,
+        models.load_proposer(),
+        overwrite=overwrite,
+        on_skip=lambda line: echo(f"  skipped {line}", err=True),
+    )
     write_json(converted, output)
     counts = converted["info"]["boxes_to_masks"]["masks"]
     skipped = converted["info"]["boxes_to_masks"]["skipped_images"]
     echo(f"{counts['sam2']} masks from SAM2, {counts['box']} box fallbacks, {len(skipped)} images skipped")
-    for item in skipped[:20]:
-        echo(f"  skipped {item['file_name']}: {item['error']}", err=True)
     echo(output)
 
 

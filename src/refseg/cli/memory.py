@@ -77,21 +77,23 @@ def memory_build(
             "--refs needs --images DIR, the folder its images' file_name are relative to."
         )
     segmenter = models.load_segmenter()
+
+    def skipped(line: str) -> None:
+        echo(f"  skipped {line}", err=True)
+
     if refs is not None:
-        report = add_coco_references(segmenter, load_coco(refs), images)
+        report = add_coco_references(segmenter, load_coco(refs), images, on_skip=skipped)
     else:
-        report = add_folder_references(segmenter, folder)
+        report = add_folder_references(segmenter, folder, on_skip=skipped)
     bank = segmenter.memory
     if len(bank) == 0:
         raise InvalidInputError(
-            f"No usable reference: all {len(report.skipped)} were skipped (see the warnings)."
+            f"No usable reference: all {len(report.skipped)} were skipped (listed above)."
         )
     path = bank.save(output)
     echo(bank.describe())
     if report.skipped:
-        echo(f"{len(report.skipped)} reference(s) skipped:", err=True)
-        for item in report.skipped[:20]:
-            echo(f"  {item['source']}: {item['reason']}", err=True)
+        echo(f"{len(report.skipped)} reference(s) skipped (listed above)", err=True)
     echo(f"{report.added} references of {len(bank.class_names)} classes -> {path}")
 
 

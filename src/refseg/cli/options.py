@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,7 +30,7 @@ class RefsegGroup(click.Group):
         try:
             return super().invoke(ctx)
         except RefsegError as error:
-            raise click.ClickException(str(error)) from None
+            raise click.ClickException(printable(str(error))) from None
         except click.BadParameter as error:
             error.exit_code = 1
             raise
@@ -86,13 +87,24 @@ def refseg_errors(function: Callable) -> Callable:
         try:
             return function(*args, **kwargs)
         except RefsegError as error:
-            raise click.ClickException(str(error)) from error
+            raise click.ClickException(printable(str(error))) from error
 
     return wrapper
 
 
+def printable(text: str) -> str:
+    """``text`` without lone surrogates (a file or class name that was not valid UTF-8 comes
+    through ``os.fsdecode`` with them), shown as ``\\udcff``: printing never crashes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def echo(message: str = "", *, err: bool = False) -> None:
-    click.echo(message, err=err)
+    """``click.echo``, and the message with escapes where the terminal cannot show it."""
+    try:
+        click.echo(message, err=err)
+    except UnicodeEncodeError:
+        encoding = getattr(sys.stderr if err else sys.stdout, "encoding", None) or "utf-8"
+        click.echo(printable(message).encode(encoding, "backslashreplace").decode(encoding), err=err)
 
 
 class PrintReporter(Reporter):
@@ -157,7 +169,7 @@ def output_option(
             else:
                 check_writable(value, example=example)
         except RefsegError as error:
-            raise click.ClickException(str(error)) from None
+            raise click.ClickException(printable(str(error))) from None
         return value
 
     return click.option(
@@ -199,6 +211,14 @@ SCORE = Bounded(float, 0, 1)  # --score-thr
 PORT = Bounded(int, 0, 65535)
 TILE = Bounded(int, 16, 1024)  # --tile-size
 MODEL_CHOICES = ("preset", "sam2", "encoder", "device", "dtype")
+
+
+def quiet_model_loading() -> None:
+    """No 'Loading weights' bar from transformers for every model a verb loads (the hub's
+    download bars stay). The command's choice, made here at the edge: the library sets nothing."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
 
 def model_options(
@@ -244,6 +264,7 @@ def model_options(
     def decorate(function: Callable) -> Callable:
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            quiet_model_loading()
             overrides = {name: kwargs.pop(name) for name in fields}
             kwargs["models"] = ModelSpec(
                 preset=kwargs.pop("preset", default_preset),

@@ -332,17 +332,22 @@ def iter_images(
     *,
     skip_unreadable: bool = True,
     errors: list[tuple[dict, str]] | None = None,
+    skip_other_sizes: bool = False,
 ) -> Iterator[tuple[dict, np.ndarray]]:
     """The images of a COCO dict, in file order, loaded as (H, W, 3) uint8 RGB.
 
     An image whose loaded size differs from the json's ``width``/``height`` is yielded with a
-    logged warning (annotations are in the json's frame).
+    logged warning (annotations are in the json's frame), or skipped as unusable with
+    ``skip_other_sizes``.
 
     Args:
         coco: a COCO dict (only ``images`` is used).
         image_dir: the folder ``file_name`` is relative to.
         skip_unreadable: log and skip unreadable or missing images; else raise.
-        errors: if given, (image info, message) of every skipped image is appended to it.
+        errors: if given, (image info, message) of every skipped image is appended to it, and
+            the caller reports them: each skip is then logged at INFO, not WARNING, so that it
+            is reported once.
+        skip_other_sizes: skip (and report) an image whose size is not the json's.
 
     Yields:
         (image info dict, image array).
@@ -350,6 +355,13 @@ def iter_images(
     Raises:
         InvalidInputError: an unreadable image when ``skip_unreadable`` is False.
     """
+    level = logging.WARNING if errors is None else logging.INFO
+
+    def skip(info: dict, message: str) -> None:
+        logger.log(level, "skipping image %s: %s", info.get("id"), message)
+        if errors is not None:
+            errors.append((info, message))
+
     for info in coco["images"]:
         path = image_path(info, image_dir)
         try:
@@ -357,12 +369,16 @@ def iter_images(
         except InvalidInputError as error:
             if not skip_unreadable:
                 raise
-            logger.warning("skipping image %s: %s", info.get("id"), error)
-            if errors is not None:
-                errors.append((info, str(error)))
+            skip(info, str(error))
             continue
         expected = (int(info["height"]), int(info["width"]))
         if image.shape[:2] != expected:
+            if skip_other_sizes:
+                skip(
+                    info,
+                    f"the image is {image.shape[1]}x{image.shape[0]}, the json says {expected[1]}x{expected[0]}",
+                )
+                continue
             logger.warning(
                 "image %s is %dx%d (HxW) but the json says %dx%d", path, *image.shape[:2], *expected
             )

@@ -101,9 +101,15 @@ def build_folder_memory(
     """
     from ..references import add_folder_references
 
-    report = add_folder_references(segmenter, folder, progress=dist.is_main)
+    def skipped(line: str) -> None:
+        if dist.is_main:  # every process builds the memory; one reports
+            reporter.warn(f"  skipped {line}")
+
+    report = add_folder_references(segmenter, folder, progress=dist.is_main, on_skip=skipped)
     if len(segmenter.memory) == 0:
-        raise InvalidInputError(f"No usable reference in {folder}: {len(report.skipped)} skipped.")
+        raise InvalidInputError(
+            f"No usable reference in {folder}: all {len(report.skipped)} skipped (listed above)."
+        )
     if dist.is_main:
         segmenter.memory.save(path)
         reporter.step(segmenter.memory.describe())

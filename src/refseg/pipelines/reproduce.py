@@ -124,9 +124,14 @@ def reproduce_coco_fsod(
                 from ..references import add_coco_references
 
                 reporter.step("[2/4] building the memory bank")
-                report = add_coco_references(segmenter, load_coco(refs_path), root / "train2017")
+                report = add_coco_references(
+                    segmenter,
+                    load_coco(refs_path),
+                    root / "train2017",
+                    on_skip=lambda line: reporter.warn(f"  skipped {line}"),
+                )
                 if report.skipped:
-                    reporter.warn(f"{len(report.skipped)} reference(s) skipped (see the warnings)")
+                    reporter.warn(f"{len(report.skipped)} reference(s) skipped (listed above)")
                 segmenter.memory.save(memory_path)
         dist.barrier()
         segmenter.memory = MemoryBank.load(memory_path)
