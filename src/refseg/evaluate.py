@@ -7,7 +7,10 @@ as ``COCOeval.summarize`` does, but for any ``max_dets`` (``summarize`` assumes 
 
 Details that follow the common practice of detectron2's COCO evaluator:
 - for ``segm``, result boxes are dropped before loading, so pycocotools takes each result's
-  area from its mask, not its box (areas decide the small/medium/large ranges);
+  area from its mask, not its box (areas decide the small/medium/large ranges, so APs, APm and
+  APl). Plain pycocotools keeps a result's ``bbox`` and takes its area from the box (``loadRes``
+  reads the box first): ``segm_areas="box"`` evaluates that way (``refseg eval --segm-areas
+  box``). AP, AP50, AP75 and the ARs over all areas are the same either way;
 - results of classes outside the evaluated set are dropped.
 """
 
@@ -36,6 +39,8 @@ logger = logging.getLogger(__name__)
 #: Names of the 12 COCOeval summary numbers, in COCOeval.stats order.
 STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")  # fmt: skip
 IOU_TYPES: tuple[str, ...] = ("bbox", "segm")
+#: Where a segm result's area comes from: its mask (default, as detectron2) or its box (pycocotools).
+SEGM_AREAS: tuple[str, ...] = ("mask", "box")
 
 
 def evaluate(
@@ -46,6 +51,7 @@ def evaluate(
     iou_types: Sequence[str] = IOU_TYPES,
     max_dets: int = 100,
     image_ids: Iterable[int] | None = None,
+    segm_areas: str = "mask",
 ) -> dict[str, Any]:
     """COCO AP/AR of detection or segmentation results.
 
@@ -59,11 +65,14 @@ def evaluate(
         max_dets: detections per image considered (the third of COCOeval's maxDets,
             ``[1, 10, max_dets]``); the ``AR100`` key always holds AR at this value.
         image_ids: evaluate on these gt images only (default: all).
+        segm_areas: for ``segm``, where a result's area (its small/medium/large range) comes
+            from: ``"mask"`` (default; result boxes dropped, as detectron2) or ``"box"`` (plain
+            pycocotools: a result's ``bbox`` is kept and its area is the box's w x h).
 
     Returns:
         ``{"bbox": {stat: value}, "segm": {...}, "per_class": {iou_type: {class: {"AP", "AP50",
         "AP75"}}}, "classes": [...], "category_ids": [...], "num_images": int,
-        "num_results": int, "max_dets": [1, 10, max_dets]}``, with one entry per requested iou
+        "num_results": int, "max_dets": [1, 10, max_dets], "segm_areas": str}``, with one entry per requested iou
         type and stats named as :data:`STAT_NAMES`, in percent. A stat pycocotools cannot
         define (no ground truth in that area range) is ``-1.0``. No results: zeros.
 
@@ -77,6 +86,8 @@ def evaluate(
         raise InvalidInputError(f"Unknown iou types {unknown or list(iou_types)}: use 'bbox' and/or 'segm'.")
     if int(max_dets) < 1:
         raise InvalidInputError(f"max_dets must be at least 1, got {max_dets}.")
+    if segm_areas not in SEGM_AREAS:
+        raise InvalidInputError(f"segm_areas must be one of {', '.join(SEGM_AREAS)}, got {segm_areas!r}.")
     gt_data = load_coco(gt) if isinstance(gt, str | os.PathLike) else check_coco(dict(gt))
     result_list = load_results(results)
     _check_result_categories(result_list, gt_data["categories"], results)
@@ -96,13 +107,16 @@ def evaluate(
         "num_images": len(evaluated_images),
         "num_results": len(result_list),
         "max_dets": [1, 10, int(max_dets)],
+        "segm_areas": segm_areas,
         "per_class": {},
     }
     coco_gt = _silent(_coco_from_dict, gt_data)
     for iou_type in iou_types:
         if iou_type == "segm":
             _check_segm_inputs(gt_data, result_list)
-        stats, per_class = _evaluate_one(coco_gt, gt_data, result_list, iou_type, chosen, int(max_dets))
+        stats, per_class = _evaluate_one(
+            coco_gt, gt_data, result_list, iou_type, chosen, int(max_dets), segm_areas
+        )
         summary[iou_type] = stats
         summary["per_class"][iou_type] = per_class
     return summary
@@ -232,8 +246,9 @@ def _evaluate_one(
     iou_type: str,
     chosen: Sequence[tuple[str, int]],
     max_dets: int,
+    segm_areas: str = "mask",
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    results = _prepare_results(results, iou_type, gt_data["images"])
+    results = _prepare_results(results, iou_type, gt_data["images"], keep_boxes=segm_areas == "box")
     if results:
         coco_dt = _silent(coco_gt.loadRes, results)
     else:
@@ -289,11 +304,13 @@ def _summary_stats(evaluator: COCOeval, max_dets: int) -> dict[str, float]:
     }
 
 
-def _prepare_results(results: Sequence[Mapping], iou_type: str, images: Sequence[Mapping]) -> list[dict]:
+def _prepare_results(
+    results: Sequence[Mapping], iou_type: str, images: Sequence[Mapping], *, keep_boxes: bool = False
+) -> list[dict]:
     """Copies of the results in the form ``COCO.loadRes`` handles for this iou type.
 
     bbox: a result without a box gets its mask's box. segm: boxes are dropped (so areas come
-    from the masks) and every segmentation is read by :func:`refseg.masks.segmentation_to_rle`
+    from the masks; ``keep_boxes``: kept, plain pycocotools' areas) and every segmentation is read by :func:`refseg.masks.segmentation_to_rle`
     (polygons become RLE; an RLE of the wrong size or malformed counts is refused).
     """
     sizes = {int(image["id"]): (int(image["height"]), int(image["width"])) for image in images}
@@ -312,7 +329,7 @@ def _prepare_results(results: Sequence[Mapping], iou_type: str, images: Sequence
                 result["segmentation"] = rle_to_json(segmentation_to_rle(segmentation, height, width))
             except InvalidInputError as error:
                 raise InvalidInputError(f"A result on image {result['image_id']}: {error}") from None
-        if iou_type == "segm":
+        if iou_type == "segm" and not keep_boxes:
             result.pop("bbox", None)
         elif "bbox" not in result:
             result["bbox"] = rle_to_bbox(result["segmentation"])

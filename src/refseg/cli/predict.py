@@ -115,6 +115,14 @@ def predict(
     type=click.Path(dir_okay=False),
     help="Evaluate on these images only: a COCO-style images list, e.g. RESULTS.images.json from predict.",
 )
+@click.option(
+    "--segm-areas",
+    type=click.Choice(["mask", "box"]),
+    default="mask",
+    show_default=True,
+    help="segm only: a result's area (its small/medium/large range) from its mask (result boxes "
+    "dropped, as detectron2) or from its box (plain pycocotools, which keeps result boxes).",
+)
 @output_option("-o", "--output", example="summary.json", help="Also write the summary as json.")
 def eval_command(
     gt: str,
@@ -122,9 +130,15 @@ def eval_command(
     classes: str | None,
     iou_types: tuple[str, ...],
     images_json: str | None,
+    segm_areas: str,
     output: str | None,
 ) -> None:
     """COCO evaluation (pycocotools, maxDets 100): the 12-number tables for bbox and segm.
+
+    Convention for segm: result boxes are dropped before pycocotools loads the results, so each
+    result's area (which decides APs, APm and APl) is its mask's area, as in detectron2's COCO
+    evaluator. Plain pycocotools keeps a result's box and uses the box's area instead: pass
+    --segm-areas box for its numbers. AP, AP50, AP75 and AR over all areas do not change.
 
     \b
     Example:
@@ -141,7 +155,9 @@ def eval_command(
             iou_types = ("bbox",)
             echo("The ground truth has box-only annotations: evaluating bbox only.", err=True)
     image_ids = read_image_ids(images_json) if images_json else None
-    summary = evaluate(gt_data, results, classes=classes, iou_types=iou_types, image_ids=image_ids)
+    summary = evaluate(
+        gt_data, results, classes=classes, iou_types=iou_types, image_ids=image_ids, segm_areas=segm_areas
+    )
     echo(format_table(summary))
     if output:
         write_json(summary, output, indent=2)
