@@ -46,9 +46,9 @@ class SettingRange:
 
 #: What each numeric :class:`Preset` field accepts.
 SETTING_RANGES: dict[str, SettingRange] = {
-    "sam2_image_size": SettingRange(int, 1),
-    "encoder_input_size": SettingRange(int, 1),
-    "points_per_side": SettingRange(int, 1),
+    "sam2_image_size": SettingRange(int, 1, 4096),
+    "encoder_input_size": SettingRange(int, 1, 4096),
+    "points_per_side": SettingRange(int, 1, 1024),  # a point per input pixel at most
     "points_batch_size": SettingRange(int, 1),
     "iou_threshold": SettingRange(float, 0, 1),
     "nms_threshold": SettingRange(float, 0, 1),

@@ -198,7 +198,7 @@ REFERENCE_SETTINGS = {
     "--context-ratio": ("context_ratio", "Reference crop margin, >= 0 (paper: 0.2)."),
 }
 PREDICT_SETTINGS = {
-    "--points-per-side": ("points_per_side", "Proposal grid side, >= 1 (paper: 32)."),
+    "--points-per-side": ("points_per_side", "Proposal grid side, 1 to 1024 (paper: 32)."),
     "--batch-size": ("points_batch_size", "Prompts per decoder call, >= 1 (speed only)."),
     "--iou-thr": ("iou_threshold", "SAM2 predicted-IoU filter, in [0, 1] (paper: 0.4)."),
     "--nms-thr": ("nms_threshold", "Class-wise NMS IoU, in [0, 1] (paper: 0.5)."),
