@@ -262,6 +262,10 @@ def test_the_command_never_asks_to_run_a_checkpoints_code(tmp_path):
     folder = _code_folder(tmp_path / "model", marker, "evil")
     refs = tmp_path / "refs" / "cat"
     refs.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(refs / "a.png")
+    Image.new("L", (16, 16), 255).save(refs / "a.mask.png")
     completed = subprocess.run(
         [sys.executable, "-m", "refseg", "memory", "--folder", str(tmp_path / "refs"), "-o",
          str(tmp_path / "m.safetensors"), "--sam2", str(folder), "--encoder", str(folder), "--device", "cpu"],

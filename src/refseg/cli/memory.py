@@ -68,7 +68,7 @@ def memory_build(
       refseg memory build --refs refs.json --images coco/train2017 -o memory.safetensors
       refseg memory build --folder my_refs/ --preset fast -o memory.safetensors
     """
-    from ..references import add_coco_references, add_folder_references
+    from ..references import add_coco_references, add_folder_references, folder_references
 
     if (refs is None) == (folder is None):
         raise InvalidInputError("Give either --refs REFS.json with --images DIR, or --folder DIR.")
@@ -76,13 +76,17 @@ def memory_build(
         raise InvalidInputError(
             "--refs needs --images DIR, the folder its images' file_name are relative to."
         )
+    # The inputs are read and checked before the models are loaded: a bad one fails at once.
+    coco = load_coco(refs) if refs is not None else None
+    if folder is not None:
+        folder_references(folder)
     segmenter = models.load_segmenter()
 
     def skipped(line: str) -> None:
         echo(f"  skipped {line}", err=True)
 
-    if refs is not None:
-        report = add_coco_references(segmenter, load_coco(refs), images, on_skip=skipped)
+    if coco is not None:
+        report = add_coco_references(segmenter, coco, images, on_skip=skipped)
     else:
         report = add_folder_references(segmenter, folder, on_skip=skipped)
     bank = segmenter.memory
