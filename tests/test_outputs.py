@@ -99,20 +99,18 @@ def test_a_folder_given_as_the_output_file_says_so(verb: str, inputs, tmp_path: 
     assert f"Error: {tmp_path} is a folder; give a file name such as {tmp_path}/" in result.stderr
 
 
-def test_predict_checks_its_sidecar_files_before_loading_models(inputs, tmp_path: Path) -> None:
-    out = tmp_path / "results.json"
-    (tmp_path / "results.json.images.json").mkdir()
-    result = invoke("predict", "--references", inputs["refs"], inputs["images"], "-o", out, *NO_MODELS)
+@pytest.mark.parametrize(
+    "beside", ["results.json.images.json", "results.json.memory.safetensors", "results.json.lock"]
+)
+def test_predict_checks_the_files_beside_its_output_before_loading_models(
+    inputs, tmp_path: Path, beside: str
+):
+    """The sidecars, the folder memory and the lock are outputs too."""
+    (tmp_path / beside).mkdir()
+    result = invoke("predict", "--references", inputs["refs"], inputs["images"], "-o", tmp_path / "results.json",
+                    *NO_MODELS)  # fmt: skip
     assert result.exit_code == 1
-    assert "results.json.images.json is a folder" in result.stderr and "Could not load" not in result.stderr
-
-
-def test_the_memory_beside_a_references_run_is_checked_first(inputs, tmp_path: Path) -> None:
-    out = tmp_path / "results.json"
-    (tmp_path / "results.json.memory.safetensors").mkdir()
-    result = invoke("predict", "--references", inputs["refs"], inputs["images"], "-o", out, *NO_MODELS)
-    assert result.exit_code == 1
-    assert "memory.safetensors is a folder" in result.stderr and "Could not load" not in result.stderr
+    assert f"{beside} is a folder" in result.stderr and "Could not load" not in result.stderr
 
 
 def test_memory_show_refuses_a_picture_format_it_cannot_write(inputs, tmp_path: Path) -> None:
