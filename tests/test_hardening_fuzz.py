@@ -192,6 +192,7 @@ MEMORY_CASES: list[tuple[str, Callable | None, Callable | None, bool]] = [
         True,
     ),
     ("classes empty", _classes([]), None, True),
+    ("classes nested too deep", _classes("[" * 100_000 + "]" * 100_000), None, True),
     ("references missing", _pop("references"), None, False),
     ("references a string", _references('"refs"'), None, True),
     ("ref_id words", _references([{**REFS[0], "ref_id": "a"}, *REFS[1:]]), None, True),

@@ -234,3 +234,23 @@ def test_eval_refuses_result_masks_it_cannot_read(segmentation) -> None:
     result = {"image_id": 1, "category_id": 7, "score": 0.5, "segmentation": segmentation}
     with pytest.raises(InvalidInputError, match="RLE|segmentation"):
         evaluate(_coco(), [result], iou_types=("segm",))
+
+
+@pytest.mark.parametrize("verb", ["gt", "results", "images-json"])
+def test_json_nested_too_deep_is_an_error_not_a_recursion_traceback(tmp_path, verb: str) -> None:
+    from click.testing import CliRunner
+
+    from refseg.cli import cli
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    good = tmp_path / "gt.json"
+    good.write_text(json.dumps(_coco()))
+    (tmp_path / "r.json").write_text("[]")
+    files = {"gt": good, "results": tmp_path / "r.json", "images-json": None, verb: deep}
+    args = ["eval", "--gt", files["gt"], "--results", files["results"]]
+    if files["images-json"] is not None:
+        args += ["--images-json", files["images-json"]]
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 1 and "Error: " in result.stderr and "deep.json" in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)

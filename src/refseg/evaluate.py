@@ -146,7 +146,7 @@ def _check_result_categories(results: Sequence[Mapping], categories: Sequence[Ma
         try:
             listed = json.loads(sidecar.read_text(encoding="utf-8")).get("categories") or []
             named = ", ".join(f"{c['name']}={c['id']}" for c in listed[:20])
-        except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        except (OSError, ValueError, AttributeError, TypeError, KeyError, RecursionError):
             named = ""
     raise InvalidInputError(
         f"None of the results' category ids ({', '.join(map(str, sorted(found)[:20]))}) is a category of "

@@ -96,7 +96,7 @@ def load_results(results: str | os.PathLike | Sequence[Mapping]) -> list[dict]:
             raise InvalidInputError(f"Results json not found: {path}")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
             raise InvalidInputError(f"{path} is not valid json: {error}") from error
         if isinstance(data, dict) and isinstance(data.get("annotations"), list):
             data = data["annotations"]  # a COCO-style file holding results as annotations

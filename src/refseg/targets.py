@@ -134,7 +134,7 @@ def read_json(path: str | os.PathLike) -> Any:
             return json.load(handle)
     except FileNotFoundError:
         raise InvalidInputError(f"File not found: {path}") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise InvalidInputError(f"Cannot read json file {path}: {error}") from error
 
 

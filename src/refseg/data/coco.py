@@ -52,8 +52,8 @@ def load_coco(path: str | os.PathLike, *, require: Sequence[str] = REQUIRED_KEYS
         raise InvalidInputError(
             f"{path} is not valid json (line {error.lineno}, column {error.colno}: {error.msg})."
         ) from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise InvalidInputError(f"Cannot read {path}: {error}") from error
+    except (OSError, UnicodeDecodeError, RecursionError) as error:  # RecursionError: absurdly deep nesting
+        raise InvalidInputError(f"Cannot read {path}: {type(error).__name__}: {error}") from error
     return check_coco(data, require=require, source=str(path))
 
 

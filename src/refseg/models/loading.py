@@ -201,7 +201,7 @@ def _model_type(kind: _ModelKind, id_or_dir: str, config_file: Path, *, is_local
     """
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
         raise _unavailable(
             kind, id_or_dir, f"its config.json is unreadable: {error}", is_local=is_local
         ) from None
