@@ -435,3 +435,40 @@ def test_names_that_are_not_utf8_never_crash_printing(tmp_path: Path) -> None:
 
     printed = CliRunner().invoke(say, [])
     assert printed.exit_code == 0 and "class caf\\udce9" in printed.output
+
+
+# ----------------------------------------------------------------------------- outputs that are inputs
+
+
+def test_no_verb_writes_over_one_of_its_inputs(tmp_path: Path, inputs, memory_file) -> None:
+    """'predict -o MEMORY' replaced the memory bank by results; 'sample X -o X' the data set."""
+    memory = tmp_path / "memory.safetensors"
+    memory.write_bytes(memory_file.read_bytes())
+    gt = tmp_path / "gt.json"
+    gt.write_bytes(inputs["annotations"].read_bytes())
+    target = tmp_path / "t" / "a.png"
+    target.parent.mkdir()
+    target.write_bytes((inputs["images"] / "000000.png").read_bytes())
+    before = {p: p.read_bytes() for p in (memory, gt, target)}
+    cases = [
+        ["predict", "--memory", memory, target.parent, "-o", memory, *NO_MODELS],
+        ["predict", "--memory", memory, target.parent, "-o", target, *NO_MODELS],
+        ["predict", "--coco", gt, "--images", inputs["images"], "--memory", memory, "-o", gt, *NO_MODELS],
+        ["sample", gt, "--classes", "cat", "--shots", 1, "-o", gt],
+        ["eval", "--gt", gt, "--results", gt, "-o", gt],
+        ["boxes-to-masks", gt, "--images", inputs["images"], "-o", gt, *NO_MODELS[:2]],
+        ["memory", "--refs", gt, "--images", inputs["images"], "-o", gt, *NO_MODELS],
+        ["memory", "show", memory, "-o", memory.with_suffix(".png"), "--coco", memory.with_suffix(".png")],
+    ]
+    for args in cases:
+        result = invoke(*args)
+        assert result.exit_code == 1, (args, result.output)
+        assert "is an input of this run" in result.stderr and "Could not load" not in result.stderr, args
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_overlays_cannot_go_into_the_results_file(tmp_path: Path, memory_file, inputs) -> None:
+    out = tmp_path / "r.json"
+    result = invoke("predict", "--memory", memory_file, inputs["images"], "-o", out, "--vis", out, *NO_MODELS)
+    assert result.exit_code == 1 and "give overlays a folder of their own" in result.stderr
+    assert not out.exists()

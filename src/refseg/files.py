@@ -9,7 +9,8 @@ failures that say what went wrong.
 - :func:`check_writable` / :func:`check_writable_folder`: an output can be written (its
   folder exists or can be made, is a folder, lets us create a file; the output is not a
   folder), checked by creating and removing a probe file, so it holds for root, ACLs and
-  read-only mounts alike. Called before any model is loaded or any work is done.
+  read-only mounts alike; :func:`check_not_input`: no output is one of the run's inputs.
+  Called before any model is loaded or any work is done.
 - :func:`output_lock`: ``<output>.lock`` holds the pid and host of the run writing ``output``;
   a second run stops with a message instead of mixing its partial results with the first's.
 - :func:`atomic_write`: a temporary file in the output's folder, created with mode 0o666 so the
@@ -29,7 +30,7 @@ import os
 import secrets
 import socket
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -134,6 +135,23 @@ def check_writable_folder(path: str | os.PathLike) -> Path:
         raise OutputError(f"Cannot write into {path}: it is a file, not a folder.")
     _probe(_nearest_existing(path), path)
     return path
+
+
+def check_not_input(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Raise if an output is one of the run's inputs (the same file, links followed): ``refseg
+    sample train.json -o train.json`` or ``eval -o GT.json`` would replace the data set.
+
+    Raises:
+        OutputError: naming the output and the input it would overwrite.
+    """
+    taken = {Path(os.path.realpath(p)): p for p in inputs if p is not None}
+    for output in outputs:
+        real = Path(os.path.realpath(output))
+        if real in taken:
+            raise OutputError(
+                f"{output} is an input of this run ({taken[real]}): writing it would replace it. "
+                "Give another output name."
+            )
 
 
 def _nearest_existing(folder: Path) -> Path:
@@ -314,7 +332,7 @@ def _try_create(lock: Path, content: dict[str, Any]) -> bool:
 def _read_lock(lock: Path) -> dict[str, Any] | None:
     try:
         content = json.loads(lock.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return content if isinstance(content, dict) else None
 

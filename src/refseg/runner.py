@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,8 +27,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from .data.images import load_image
-from .errors import InvalidInputError, RefsegError
+from .errors import InvalidInputError, OutputError, RefsegError
 from .files import (
+    check_not_input,
     check_writable,
     check_writable_folder,
     lock_path,
@@ -99,20 +100,30 @@ class PredictSummary:
 # ----------------------------------------------------------------------------- the loop
 
 
-def check_outputs(out_path: str | os.PathLike, vis_dir: str | os.PathLike | None = None) -> None:
-    """Raise unless every file of a run can be written: ``out_path``, its sidecars and partial
-    file (:func:`refseg.files.check_writable`), and the overlay folder. Cheap: call it before
-    loading models, so a bad output stops a run before any work.
+def check_outputs(
+    out_path: str | os.PathLike,
+    vis_dir: str | os.PathLike | None = None,
+    inputs: Iterable[str | os.PathLike | None] = (),
+) -> None:
+    """Raise unless every file of a run can be written: ``out_path``, its sidecars, partial
+    file and lock (:func:`refseg.files.check_writable`), and the overlay folder, none of them
+    one of the ``inputs`` (the target images, the memory file...) nor the overlay folder. Cheap:
+    call it before loading models, so a bad output stops a run before any work.
 
     Raises:
         OutputError: naming the first output that cannot be written.
     """
-    for path in (out_path, sidecar_path(out_path, "images"), sidecar_path(out_path, "errors")):
+    files = [out_path, sidecar_path(out_path, "images"), sidecar_path(out_path, "errors")]
+    files += [partial_path(out_path), lock_path(out_path)]
+    for path in files:
         check_writable(path)
-    check_writable(partial_path(out_path))
-    check_writable(lock_path(out_path))
+    check_not_input(files, inputs)
     if vis_dir is not None:
         check_writable_folder(vis_dir)
+        if Path(os.path.realpath(vis_dir)) in {Path(os.path.realpath(f)) for f in files}:
+            raise OutputError(
+                f"The overlay folder {vis_dir} is one of the run's files; give overlays a folder of their own."
+            )
 
 
 def predict_files(
@@ -167,7 +178,7 @@ def predict_files(
         raise InvalidInputError(
             f"score_threshold must be {SCORE_THRESHOLDS.describe()}, got {score_threshold!r}."
         )
-    check_outputs(out_path, vis_dir)
+    check_outputs(out_path, vis_dir, [t.path for t in targets])
     _check_unique(targets)
     overlays = overlay_paths(targets, vis_dir) if vis_dir is not None else {}
     memory = getattr(segmenter, "memory", None)

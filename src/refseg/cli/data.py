@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import click
 
 from ..data.coco import load_coco, write_json
+from ..files import check_not_input
 from ..model_spec import ModelSpec
 from .options import CONTEXT_SETTINGS, COUNT, echo, model_options, output_option
 
@@ -38,6 +39,7 @@ def sample(coco_json: str, classes: str, shots: int, seed: int, output: str) -> 
     """
     from ..data.sampling import sample_references
 
+    check_not_input([output], [coco_json])
     refs = sample_references(load_coco(coco_json), classes, shots, seed)
     write_json(refs, output)
     counts: dict[str, int] = {c["name"]: 0 for c in refs["categories"]}
@@ -72,6 +74,7 @@ def boxes_to_masks_command(
     """
     from ..data.boxes import boxes_to_masks
 
+    check_not_input([output], [coco_json])
     converted = boxes_to_masks(
         load_coco(coco_json),
         images,

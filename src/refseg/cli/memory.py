@@ -8,7 +8,7 @@ import click
 
 from ..data.coco import load_coco
 from ..errors import InvalidInputError
-from ..files import check_writable, picture_format, save_image
+from ..files import check_not_input, check_writable, picture_format, save_image
 from ..memory import MemoryBank, read_memory_metadata
 from ..model_spec import ModelSpec
 from .options import (
@@ -77,6 +77,7 @@ def memory_build(
             "--refs needs --images DIR, the folder its images' file_name are relative to."
         )
     # The inputs are read and checked before the models are loaded: a bad one fails at once.
+    check_not_input([output], [refs])
     coco = load_coco(refs) if refs is not None else None
     if folder is not None:
         folder_references(folder)
@@ -194,6 +195,7 @@ def show_memory_command(
     target = out if out is not None else memory_path.with_suffix(".png")
     picture_format(target)
     check_writable(target, example="memory.png")
+    check_not_input([target], [memory_path, coco_path])
     bank = MemoryBank.load(memory_path)
     if len(bank) == 0:
         raise InvalidInputError(f"{memory_path} holds no references: nothing to picture.")

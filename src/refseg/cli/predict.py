@@ -8,6 +8,7 @@ import click
 
 from ..data.coco import load_coco, write_json
 from ..errors import InvalidInputError
+from ..files import check_not_input
 from ..memory import MemoryBank
 from ..model_spec import ModelSpec
 from .options import CONTEXT_SETTINGS, COUNT, SCORE, PrintReporter, echo, model_options, output_option
@@ -96,6 +97,7 @@ def predict(
         resume=resume,
         reporter=PrintReporter(),
         categories=categories,
+        inputs=[path for path in (memory_file, coco_json) if path is not None],
     )
 
 
@@ -148,6 +150,8 @@ def eval_command(
     from ..evaluate import evaluate, format_table
     from ..targets import read_image_ids
 
+    if output:
+        check_not_input([output], [gt, results, images_json])
     gt_data = load_coco(gt)
     if not iou_types:
         iou_types = ("bbox", "segm")

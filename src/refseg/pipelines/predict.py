@@ -10,7 +10,7 @@ from typing import Any
 from ..data.coco import category_ids_by_name
 from ..distributed import DistributedContext, distributed_context
 from ..errors import InvalidInputError
-from ..files import check_writable
+from ..files import check_not_input, check_writable
 from ..memory import MemoryBank
 from ..model_spec import ModelSpec
 from ..runner import PredictSummary, check_outputs, predict_files
@@ -30,6 +30,7 @@ def predict_images(
     resume: bool = False,
     reporter: Reporter | None = None,
     categories: Sequence[Mapping[str, Any]] | None = None,
+    inputs: Sequence[str | os.PathLike] = (),
 ) -> PredictSummary | None:
     """Segment ``targets`` with ``memory`` (or a memory built from ``references_dir``).
 
@@ -43,6 +44,8 @@ def predict_images(
             (:func:`refseg.references.add_folder_references`). Exactly one of the two.
         categories: the categories of the COCO json the targets come from: results carry the
             id of the category named as each class (:func:`refseg.data.coco.category_ids_by_name`).
+        inputs: other files the run reads (the memory file, the COCO json): no output may be
+            one of them, nor one of the targets.
         Others: as :func:`refseg.runner.predict_files`.
 
     Returns:
@@ -57,10 +60,11 @@ def predict_images(
     """
     if (memory is None) == (references_dir is None):
         raise InvalidInputError("Give either a memory bank or a reference folder (one sub-folder per class).")
-    check_outputs(output, vis_dir)
+    check_outputs(output, vis_dir, [*inputs, *(t.path for t in targets)])
     memory_path = Path(str(output) + ".memory.safetensors")
     if references_dir is not None:
         check_writable(memory_path, example="memory.safetensors")
+        check_not_input([memory_path], [*inputs, *(t.path for t in targets)])
     reporter = reporter or Reporter()
     with distributed_context(models.device) as dist:
         segmenter = models.load_segmenter(device=dist.device, memory=memory)
