@@ -598,7 +598,7 @@ SETTINGS = ["points_per_side", "points_batch_size", "iou_threshold", "nms_thresh
             "context_ratio", "max_candidates", "merge_exponent"]  # fmt: skip
 
 
-@pytest.mark.parametrize("value", [0, -1, math.nan, math.inf, "words", b"8", True, 2.5, 10**12])
+@pytest.mark.parametrize("value", [0, -1, math.nan, math.inf, "words", b"8", True, 2.5, 10**12, 1e308])
 @pytest.mark.parametrize("setting", SETTINGS)
 def test_setting_values_through_the_library(setting: str, value: Any) -> None:
     scene = make_scene(3, classes=("red",), size=(96, 96), per_class=1, radius=(10, 14))

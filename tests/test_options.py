@@ -47,6 +47,7 @@ def test_predict_refuses_bad_option_values_before_any_work(tmp_path: Path, flag:
     [
         ["memory", "--folder", ".", "-o", "m.safetensors", "--context-ratio", "nan"],
         ["memory", "--folder", ".", "-o", "m.safetensors", "--context-ratio", "-1"],
+        ["memory", "--folder", ".", "-o", "m.safetensors", "--context-ratio", "1e308"],
         ["sample", "x.json", "--classes", "cat", "--shots", "0", "-o", "r.json"],
         ["sample", "x.json", "--classes", "cat", "--shots", "-2", "-o", "r.json"],
         ["memory", "show", "m.safetensors", "--max-per-class", "0"],

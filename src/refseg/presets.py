@@ -55,7 +55,7 @@ SETTING_RANGES: dict[str, SettingRange] = {
     "max_candidates": SettingRange(int, 1),
     "merge_exponent": SettingRange(float, 0),
     "max_instances": SettingRange(int, 1),
-    "context_ratio": SettingRange(float, 0),
+    "context_ratio": SettingRange(float, 0, 10),  # the crop is clipped to the image long before
 }
 
 

@@ -195,7 +195,7 @@ MODEL_HELP: dict[str, str] = {
 
 # Setting overrides: option name -> (Preset field, help); their types come from SETTING_RANGES.
 REFERENCE_SETTINGS = {
-    "--context-ratio": ("context_ratio", "Reference crop margin, >= 0 (paper: 0.2)."),
+    "--context-ratio": ("context_ratio", "Reference crop margin, 0 to 10 (paper: 0.2)."),
 }
 PREDICT_SETTINGS = {
     "--points-per-side": ("points_per_side", "Proposal grid side, 1 to 1024 (paper: 32)."),
