@@ -161,7 +161,7 @@ BAD_PROMPTS = {
     "three numbers": ({"points": [(1, 2, 3)]}, "pairs"),
     "text point": ({"points": [("a", "b")]}, "pairs of numbers"),
     "only negative points": ({"points": [(10, 10)], "point_labels": [0]}, "at least one point on the object"),
-    "nan box": ({"box": (float("nan"), 0, 50, 50)}, "not a finite number"),
+    "nan box": ({"box": (float("nan"), 0, 50, 50)}, "NaN or infinite"),
     "box outside": ({"box": (400, 300, 500, 400)}, "empty or outside"),
     "mask and points": ({"mask": np.ones((HEIGHT, WIDTH), bool), "points": [(10, 10)]}, "not both"),
     "nothing": ({}, "needs a mask, a box or points"),

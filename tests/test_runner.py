@@ -496,3 +496,26 @@ def test_resume_refuses_partial_files_of_refseg_0_1_0(tmp_path: Path, image_dir:
     partial_path(out).write_text('{"refseg_partial": 1, "run_info": {"score_thr": 0.0}}\n')
     with pytest.raises(InvalidInputError, match="another refseg version"):
         predict_files(FakeSegmenter(), targets, out, resume=True, progress=False)
+
+
+def test_a_second_run_on_the_same_output_stops_and_leaves_the_first_alone(tmp_path: Path, image_dir: Path):
+    """Two runs on one output: the loser said 'run again with --resume', which was wrong."""
+    import os
+    import socket
+
+    from refseg.errors import OutputError
+    from refseg.files import lock_path
+
+    out = tmp_path / "out" / "results.json"
+    targets = collect_targets([image_dir])
+    with pytest.raises(KeyboardInterrupt):
+        predict_files(FakeSegmenter(fail_after=2), targets, out, progress=False)
+    assert not lock_path(out).exists()  # released by the interrupted run
+    before = partial_path(out).read_bytes()
+    lock_path(out).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
+    with pytest.raises(OutputError, match=rf"Another refseg run \(pid {os.getppid()} on .*\) is writing"):
+        predict_files(FakeSegmenter(), targets, out, progress=False)
+    assert partial_path(out).read_bytes() == before  # the other run's partial file untouched
+    lock_path(out).unlink()
+    summary = predict_files(FakeSegmenter(), targets, out, resume=True, progress=False)
+    assert summary.resumed == 2 and not lock_path(out).exists()

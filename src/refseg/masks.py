@@ -10,9 +10,16 @@ A mask in refseg is an ``(H, W) bool`` numpy array. :func:`decode_mask` reads it
 
 **Degenerate polygons** (one policy for every reader): a polygon of fewer than 3 points (6
 numbers) or of an odd count of numbers draws nothing. It is dropped with a logged note
-(pycocotools would otherwise read a 4-number list as a box). A list whose polygons are all
-degenerate decodes to an empty mask; code that needs an object (a reference) then refuses
-it as an empty mask. An empty list ``[]`` holds no polygon at all and is refused.
+(pycocotools would otherwise read a 4-number list as a box, and refuse an odd count with a
+bare ``Exception``). A list whose polygons are all degenerate decodes to an empty mask; code
+that needs an object (a reference) then refuses it as an empty mask. An empty list ``[]``
+holds no polygon at all and is refused. :func:`is_clean_polygon_list` says whether a
+segmentation can go to pycocotools as it is.
+
+**Refused before pycocotools sees them**, because its C code would hang, exhaust memory or
+read past a buffer: polygon coordinates that are not finite numbers or lie far outside the
+image (more than twice its size away), and RLEs whose run lengths are negative, malformed or
+do not add up to H x W.
 
 Masks refseg writes are compressed RLE with a utf-8 ``counts`` string (:func:`mask_to_rle`),
 so they are json-safe.
@@ -102,12 +109,17 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict:
                 raise InvalidInputError(f"RLE size {size} does not match the image size {[height, width]}.")
             counts = segmentation["counts"]
             if isinstance(counts, list):  # uncompressed RLE
-                return mask_utils.frPyObjects(
-                    {"size": size, "counts": [int(c) for c in counts]}, height, width
-                )
+                runs = [
+                    int(c)
+                    for c in counts
+                    if isinstance(c, int | float) and not isinstance(c, bool) and float(c).is_integer()
+                ]
+                _check_runs(np.asarray(runs, dtype=np.int64), len(counts), height, width)
+                return mask_utils.frPyObjects({"size": size, "counts": runs}, height, width)
             if isinstance(counts, str):
                 counts = counts.encode("utf-8")
             if isinstance(counts, bytes):
+                _check_runs(_compressed_runs(counts), None, height, width)
                 return {"size": size, "counts": counts}
     except (TypeError, ValueError, OverflowError) as error:
         raise InvalidInputError(f"Cannot decode a segmentation: {error}") from error
@@ -117,13 +129,49 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict:
     )
 
 
+def is_drawable_polygon(polygon: Any) -> bool:
+    """A list of at least 3 points (6 numbers) and an even count of numbers (the policy above)."""
+    return isinstance(polygon, list | tuple) and len(polygon) >= 6 and len(polygon) % 2 == 0
+
+
+def is_clean_polygon_list(segmentation: Any) -> bool:
+    """Polygons pycocotools can take as they are: a non-empty list of drawable polygons of
+    plain finite numbers. Anything else goes through :func:`segmentation_to_rle` first."""
+    return (
+        isinstance(segmentation, list)
+        and len(segmentation) > 0
+        and all(
+            is_drawable_polygon(polygon) and all(type(v) in (int, float) and np.isfinite(v) for v in polygon)
+            for polygon in segmentation
+        )
+    )
+
+
+def _polygon_numbers(polygon: list | tuple, height: int, width: int) -> list[float]:
+    try:
+        values = [float(v) for v in polygon if not isinstance(v, bool | str)]
+    except (TypeError, ValueError, OverflowError):
+        values = []
+    if len(values) != len(polygon):
+        raise InvalidInputError(
+            f"Cannot decode a segmentation: a polygon holds something other than numbers: {list(polygon)[:8]!r}."
+        )
+    array = np.asarray(values)
+    reach = 2.0 * max(height, width) + 64.0  # beyond this, pycocotools spends minutes and gigabytes
+    if not np.isfinite(array).all() or np.abs(array).max() > reach:
+        raise InvalidInputError(
+            f"Cannot decode a segmentation: a polygon has a NaN, infinite or far-off coordinate for a "
+            f"{width}x{height} image: "
+            f"{list(polygon)[:8]!r}."
+        )
+    return values
+
+
 def _polygons_to_rle(polygons: list, height: int, width: int) -> dict:
     if not polygons:
         raise InvalidInputError("Empty polygon list: a mask needs at least one polygon.")
     drawable = [
-        [float(v) for v in polygon]
-        for polygon in polygons
-        if isinstance(polygon, list | tuple) and len(polygon) >= 6 and len(polygon) % 2 == 0
+        _polygon_numbers(polygon, height, width) for polygon in polygons if is_drawable_polygon(polygon)
     ]
     if len(drawable) != len(polygons):
         logger.info(
@@ -136,9 +184,76 @@ def _polygons_to_rle(polygons: list, height: int, width: int) -> dict:
     return mask_utils.merge(mask_utils.frPyObjects(drawable, height, width))
 
 
+def box_numbers(box: Any, *, what: str = "A box") -> tuple[float, float, float, float]:
+    """The four numbers of a box (any convention), checked: four finite numbers.
+
+    The one check every box goes through (Python API boxes, COCO ``bbox``, boxes from memory
+    files): a NaN box would otherwise be clipped to the whole image.
+
+    Raises:
+        InvalidInputError: not four numbers, or a NaN or infinite one.
+    """
+    try:
+        values = [float(v) for v in box]
+        if any(isinstance(v, bool | str) for v in box):
+            raise TypeError
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidInputError(f"{what} is four numbers; got {box!r}.") from None
+    if len(values) != 4:
+        raise InvalidInputError(f"{what} is four numbers; got {len(values)}: {box!r}.")
+    if not all(np.isfinite(values)):
+        raise InvalidInputError(f"{what} holds a NaN or infinite number: {box!r}.")
+    return values[0], values[1], values[2], values[3]
+
+
+def _compressed_runs(counts: bytes) -> np.ndarray:
+    """The run lengths of a compressed RLE string (COCO's ``rleFrString``, in numpy).
+
+    Each run is a group of 6-bit characters (offset 48), 5 bits each, least significant
+    first; bit 0x20 continues the group, bit 0x10 of its last character extends the sign;
+    from the fourth run on, a value is added to the run two places before.
+
+    Raises:
+        InvalidInputError: a character outside the alphabet or a cut-off group.
+    """
+    codes = np.frombuffer(counts, dtype=np.uint8).astype(np.int64) - 48
+    if codes.size == 0:
+        return codes
+    ends = np.flatnonzero((codes & 0x20) == 0)
+    if codes.min() < 0 or codes.max() > 63 or ends.size == 0 or ends[-1] != codes.size - 1:
+        raise InvalidInputError("Malformed compressed RLE: its counts string is not COCO's encoding.")
+    lengths = np.diff(ends, prepend=-1)
+    if lengths.max() > 7:  # 35 bits: far beyond any image
+        raise InvalidInputError("Malformed compressed RLE: a run length is out of range.")
+    position = np.arange(codes.size) - np.repeat(ends - lengths + 1, lengths)
+    group = np.repeat(np.arange(ends.size), lengths)
+    runs = np.bincount(group, weights=(codes & 0x1F) << (5 * position)).astype(np.int64)
+    negative = (codes[ends] & 0x10) != 0
+    runs[negative] -= np.left_shift(1, 5 * lengths[negative])
+    runs[3::2] += np.cumsum(runs[1::2])[:-1] if runs[3::2].size else 0
+    runs[4::2] += np.cumsum(runs[2::2])[:-1] if runs[4::2].size else 0
+    return runs
+
+
+def _check_runs(runs: np.ndarray, expected: int | None, height: int, width: int) -> None:
+    """Run lengths pycocotools can decode safely: whole numbers >= 0 adding up to H x W."""
+    if (
+        (expected is not None and runs.size != expected)
+        or (runs < 0).any()
+        or int(runs.sum()) != height * width
+    ):
+        raise InvalidInputError(
+            f"Malformed RLE: its run lengths must be whole numbers >= 0 adding up to {height} x {width} pixels."
+        )
+
+
 def box_to_mask(bbox: Sequence[float], height: int, width: int) -> np.ndarray:
-    """The (H, W) bool mask of a COCO box (x, y, w, h): the pixels whose centre lies inside it."""
-    x, y, w, h = (float(v) for v in bbox)
+    """The (H, W) bool mask of a COCO box (x, y, w, h): the pixels whose centre lies inside it.
+
+    Raises:
+        InvalidInputError: not four finite numbers (:func:`box_numbers`).
+    """
+    x, y, w, h = box_numbers(bbox, what="A COCO bbox (x, y, w, h)")
     mask = np.zeros((height, width), dtype=bool)
     x0, y0 = max(0, int(np.ceil(x - 0.5))), max(0, int(np.ceil(y - 0.5)))
     x1, y1 = min(width, int(np.ceil(x + w - 0.5))), min(height, int(np.ceil(y + h - 0.5)))

@@ -45,6 +45,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from .errors import InvalidInputError
+from .files import atomic_write
 from .models.base import EncoderIdentity
 
 FORMAT_NAME = "refseg.memory"
@@ -131,13 +132,11 @@ def check_class_name(class_name: object) -> str:
 
 
 def write_memory_file(path: str | os.PathLike, contents: MemoryContents, refseg_version: str) -> Path:
-    """Write ``contents`` to ONE safetensors file (through a temporary file, then renamed).
+    """Write ``contents`` to ONE safetensors file (:func:`refseg.files.atomic_write`).
 
     Version 1 when no reference is negative, else version 2 (the module docstring). Linear in
     the number of classes and references.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     has_negatives = any(record.negative for record in contents.records)
     positives = Counter(r.class_name for r in contents.records if not r.negative)
     negatives = Counter(r.class_name for r in contents.records if r.negative)
@@ -176,10 +175,10 @@ def write_memory_file(path: str | os.PathLike, contents: MemoryContents, refseg_
         "reference_features": contents.features.float().contiguous(),
         "reference_labels": torch.tensor(labels, dtype=torch.int64),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(save_tensors(tensors, metadata=metadata))  # bytes: any path the system takes
-    os.replace(tmp, path)
-    return path
+    # written as bytes: any path the system takes
+    return atomic_write(
+        path, lambda temporary: temporary.write_bytes(save_tensors(tensors, metadata=metadata))
+    )
 
 
 # --------------------------------------------------------------------------- reading
@@ -214,7 +213,10 @@ def _header_size(first_bytes: bytes) -> int:
 
 def _header_metadata(header: bytes) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors json header."""
-    parsed = json.loads(header)
+    try:
+        parsed = json.loads(header)
+    except RecursionError:
+        raise ValueError("its header is nested too deep") from None
     metadata = parsed.get("__metadata__") if isinstance(parsed, dict) else None
     if metadata is None:
         return {}
@@ -276,6 +278,8 @@ class _Reader:
             return json.loads(text)
         except ValueError as error:
             raise self.damaged(f"its {key!r} entry is not json ({error})") from None
+        except RecursionError:  # json nested thousands deep: no refseg file holds that
+            raise self.damaged(f"its {key!r} entry is nested too deep") from None
 
     def contents(self) -> MemoryContents:
         if self.metadata.get("format") != FORMAT_NAME:

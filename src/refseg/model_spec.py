@@ -82,11 +82,15 @@ class ModelSpec:
         )
 
     def load_proposer(self) -> Proposer:
-        """SAM2 alone (the settings' ``sam2_id`` and ``dtype``), e.g. to make masks from boxes."""
+        """SAM2 alone (the settings' ``sam2_id`` and ``dtype``), e.g. to make masks from boxes.
+
+        The checkpoint is checked now and its weights loaded on first use
+        (:class:`~refseg.models.lazy.LazyProposer`), as in :meth:`load_segmenter`.
+        """
         from .models.loading import load_proposer
 
         settings = self.settings()
-        return load_proposer(settings.sam2_id, device=self.device, dtype=settings.dtype)
+        return load_proposer(settings.sam2_id, device=self.device, dtype=settings.dtype, lazy=True)
 
     def load_encoder(self, *, input_size: int | None = None) -> Encoder:
         """DINOv2 alone (the settings' ``encoder_id`` and ``dtype``).

@@ -139,7 +139,9 @@ def read_partial(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]
                 break
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
+                entry = None
+            if not isinstance(entry, dict):
                 logger.warning("Ignoring an unreadable line in %s", path)
                 continue
             if "refseg_partial" in entry:

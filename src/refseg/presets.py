@@ -5,7 +5,59 @@ documented departure from it: ``paper-neg`` adds negative references to the pape
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SettingRange:
+    """The values a numeric setting accepts: an integer or a finite number, within bounds.
+
+    One table (:data:`SETTING_RANGES`) serves :class:`Preset` (Python) and the command line's
+    option types, so ``points_per_side=0`` and ``--points-per-side 0`` are refused alike.
+    """
+
+    kind: type  # int or float
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def describe(self) -> str:
+        """``an integer >= 1``, ``a number in [0, 1]``..."""
+        what = "an integer" if self.kind is int else "a finite number"
+        if self.minimum is not None and self.maximum is not None:
+            return f"{what} in [{self.minimum:g}, {self.maximum:g}]"
+        if self.minimum is not None:
+            return f"{what} >= {self.minimum:g}"
+        if self.maximum is not None:
+            return f"{what} <= {self.maximum:g}"
+        return what
+
+    def accepts(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return False
+        if self.kind is int and not isinstance(value, numbers.Integral):
+            return False
+        if not math.isfinite(float(value)):  # NaN passes every comparison: refuse it first
+            return False
+        return (self.minimum is None or value >= self.minimum) and (
+            self.maximum is None or value <= self.maximum
+        )
+
+
+#: What each numeric :class:`Preset` field accepts.
+SETTING_RANGES: dict[str, SettingRange] = {
+    "sam2_image_size": SettingRange(int, 1, 4096),
+    "encoder_input_size": SettingRange(int, 1, 4096),
+    "points_per_side": SettingRange(int, 1, 1024),  # a point per input pixel at most
+    "points_batch_size": SettingRange(int, 1),
+    "iou_threshold": SettingRange(float, 0, 1),
+    "nms_threshold": SettingRange(float, 0, 1),
+    "max_candidates": SettingRange(int, 1),
+    "merge_exponent": SettingRange(float, 0),
+    "max_instances": SettingRange(int, 1),
+    "context_ratio": SettingRange(float, 0, 10),  # the crop is clipped to the image long before
+}
 
 
 @dataclass(frozen=True)
@@ -50,6 +102,14 @@ class Preset:
     context_ratio: float = 0.2
     dtype: str = "float32"
     negatives: bool = False
+
+    def __post_init__(self) -> None:
+        from .errors import InvalidInputError
+
+        for name, allowed in SETTING_RANGES.items():
+            value = getattr(self, name)
+            if not allowed.accepts(value):
+                raise InvalidInputError(f"The setting {name} must be {allowed.describe()}, got {value!r}.")
 
     def replace(self, **changes: object) -> Preset:
         """A copy with some settings changed (``None`` values are ignored)."""

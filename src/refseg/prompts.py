@@ -17,6 +17,9 @@ import numpy as np
 import torch
 
 from .errors import InvalidInputError
+from .masks import box_numbers
+
+BOX = "A box (x1, y1, x2, y2)"
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ def check_prompt(
             return None
     clipped = given = None
     if box is not None:
-        given = _box_numbers(box)
+        given = box_numbers(box, what=BOX)
         clipped = check_box(given, height, width)
     checked_points = checked_labels = None
     if points is not None:
@@ -121,23 +124,13 @@ def check_prompt(
     return ReferencePrompt(given, clipped, checked_points, checked_labels)
 
 
-def _box_numbers(box: Sequence[float]) -> tuple[float, float, float, float]:
-    try:
-        x1, y1, x2, y2 = (float(v) for v in box)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"A box is four numbers x1, y1, x2, y2; got {box!r}.") from None
-    return x1, y1, x2, y2
-
-
 def check_box(box: Sequence[float], height: int, width: int) -> tuple[float, float, float, float]:
     """A box (x1, y1, x2, y2) clipped to the picture.
 
     Raises:
         InvalidInputError: not four finite numbers, or empty or outside the picture once clipped.
     """
-    x1, y1, x2, y2 = _box_numbers(box)
-    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
-        raise InvalidInputError(f"The box {list(box)} has a coordinate that is not a finite number.")
+    x1, y1, x2, y2 = box_numbers(box, what=BOX)
     x1, x2 = max(0.0, x1), min(float(width), x2)
     y1, y2 = max(0.0, y1), min(float(height), y2)
     if x2 <= x1 or y2 <= y1:

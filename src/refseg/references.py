@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .data.images import list_images, load_image
-from .errors import InvalidInputError, RefsegError
+from .errors import InvalidInputError
 from .runner import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,17 @@ class SupportsAddReference(Protocol):
         ``class_name`` may be None: a background negative)."""
 
 
+def describe_source(source: Mapping[str, Any]) -> str:
+    """A reference's provenance in words: ``train/a.jpg (annotation 12)``, ``refs/cat/a.jpg``."""
+    name = source.get("file_name") or source.get("file")
+    if not name and source.get("image_id") is not None:
+        name = f"image {source['image_id']}"
+    described = str(name or "a reference")
+    if source.get("annotation_id") is not None:
+        described += f" (annotation {source['annotation_id']})"
+    return described
+
+
 @dataclass
 class MemoryBuildReport:
     """What a memory build did.
@@ -63,6 +74,7 @@ def add_coco_references(
     images_dir: str | os.PathLike,
     *,
     progress: bool = True,
+    on_skip: Callable[[str], None] | None = None,
 ) -> MemoryBuildReport:
     """Add every annotation of a COCO dict (e.g. ``refseg sample`` output) to the memory bank.
 
@@ -79,9 +91,17 @@ def add_coco_references(
         coco: a COCO dict with images, annotations and categories.
         images_dir: the folder the images' ``file_name`` are relative to.
         progress: show a tqdm progress bar.
-    """
-    from .data.coco import annotation_to_mask, has_segmentation, image_path
+        on_skip: called with ``file (annotation N): reason`` for each skipped reference
+            (default: a logged warning), so each skip is reported once, where the caller wants.
 
+    Raises:
+        InvalidInputError: the COCO dict is malformed (:func:`refseg.data.coco.check_coco`).
+    """
+    from .data.coco import annotation_to_mask, check_coco, has_segmentation, image_path
+
+    coco = check_coco(
+        dict(coco), require=("annotations",), source="the references' COCO data", references=True
+    )
     names = {int(c["id"]): str(c["name"]) for c in coco.get("categories", [])}
     images = {int(i["id"]): i for i in coco.get("images", [])}
     cached: tuple[int, np.ndarray] | None = None  # the last image read: annotations come grouped
@@ -114,7 +134,7 @@ def add_coco_references(
         else:
             raise InvalidInputError("the annotation has neither a segmentation nor a bbox")
 
-    def jobs() -> Iterator[tuple[dict, Any, Callable[[], None]]]:
+    def jobs() -> Iterator[tuple[dict, Callable[[], None]]]:
         for annotation in annotations:
             image_id = int(annotation["image_id"])
             info = images.get(image_id, {})
@@ -123,14 +143,14 @@ def add_coco_references(
                 "annotation_id": annotation.get("id"),
                 "file_name": info.get("file_name"),
             }
-            yield source, source, functools.partial(add, annotation, image_id, info, source)
+            yield source, functools.partial(add, annotation, image_id, info, source)
 
     annotations = list(coco.get("annotations", []))
     # positives first: a negative needs a positive of its class in the bank
     annotations = [a for a in annotations if not _is_negative(a)] + [
         a for a in annotations if _is_negative(a)
     ]
-    report = _add_each(jobs(), len(annotations), progress)
+    report = _add_each(jobs(), len(annotations), progress, on_skip)
     _set_category_ids(segmenter.memory, {name: category_id for category_id, name in names.items()})
     return report
 
@@ -139,21 +159,36 @@ def _is_negative(annotation: Any) -> bool:
     return isinstance(annotation, Mapping) and annotation.get("negative", False) is not False
 
 
+def _report_skip(
+    report: MemoryBuildReport, source: dict, reason: str, on_skip: Callable[[str], None] | None
+) -> None:
+    report.skipped.append({"source": source, "reason": reason})
+    line = f"{describe_source(source)}: {reason}"
+    if on_skip is None:
+        logger.warning("Reference skipped: %s", line)
+    else:
+        on_skip(line)
+
+
 def _add_each(
-    jobs: Iterable[tuple[dict, Any, Callable[[], None]]], total: int, progress: bool
+    jobs: Iterable[tuple[dict, Callable[[], None]]],
+    total: int,
+    progress: bool,
+    on_skip: Callable[[str], None] | None,
+    report: MemoryBuildReport | None = None,
 ) -> MemoryBuildReport:
-    """Run each ``(source, label, add)`` job under a progress bar; a job that raises a
-    RefsegError is skipped, logged under ``label`` and reported with its ``source``."""
-    report = MemoryBuildReport()
+    """Run each ``(source, add)`` job under a progress bar; a job that raises an
+    InvalidInputError is skipped and reported once (``on_skip``, else a warning). Other
+    RefsegErrors (SAM2's weights out of reach at its first use) stop the build."""
+    report = report or MemoryBuildReport()
     bar = progress_bar(total, 0, enabled=progress, desc="memory", unit="ref")
     try:
-        for source, label, add in jobs:
+        for source, add in jobs:
             try:
                 add()
                 report.added += 1
-            except RefsegError as error:
-                report.skipped.append({"source": source, "reason": str(error)})
-                logger.warning("Reference %s skipped: %s", label, error)
+            except InvalidInputError as error:
+                _report_skip(report, source, str(error), on_skip)
             bar.update(1)
     finally:
         bar.close()
@@ -261,15 +296,19 @@ def _image_mask_pairs(directory: Path) -> tuple[list[tuple[Path, Path]], list[di
 
 
 def add_folder_references(
-    segmenter: SupportsAddReference, folder: str | os.PathLike, *, progress: bool = True
+    segmenter: SupportsAddReference,
+    folder: str | os.PathLike,
+    *,
+    progress: bool = True,
+    on_skip: Callable[[str], None] | None = None,
 ) -> MemoryBuildReport:
     """Add the references of a class-per-sub-folder layout (:func:`folder_references`), then its
     negative examples (:func:`folder_negatives`).
 
     A mask is any image whose non-zero pixels (after conversion to grey; 0/1 or 0/255) mark the
     object. Class category ids are 1..K in sorted class-name order (classes with a positive
-    reference). Unusable pairs, and negatives of a class without positives, are skipped and
-    reported.
+    reference). Unusable pairs, images without a mask, and negatives of a class without
+    positives are skipped and reported as :func:`add_coco_references` says.
     """
     triples, missing = folder_references(folder)
     negatives, missing_negatives = folder_negatives(folder)
@@ -280,14 +319,16 @@ def add_folder_references(
             load_image(image), class_name, mask=read_mask(mask_file), source=source, **kind
         )
 
-    def jobs() -> Iterator[tuple[dict, Any, Callable[[], None]]]:
+    def jobs() -> Iterator[tuple[dict, Callable[[], None]]]:
         for negative, listed in ((False, triples), (True, negatives)):
             for class_name, image, mask_file in listed:
                 source = {"file": str(image), "mask_file": str(mask_file)}
-                yield source, image, functools.partial(add, class_name, image, mask_file, source, negative)
+                yield source, functools.partial(add, class_name, image, mask_file, source, negative)
 
-    report = _add_each(jobs(), len(triples) + len(negatives), progress)
-    report.skipped[:0] = missing + missing_negatives
+    report = MemoryBuildReport()
+    for item in missing + missing_negatives:
+        _report_skip(report, item["source"], item["reason"], on_skip)
+    _add_each(jobs(), len(triples) + len(negatives), progress, on_skip, report)
     classes = sorted({c for c, _, _ in triples})
     _set_category_ids(segmenter.memory, {name: index + 1 for index, name in enumerate(classes)})
     return report

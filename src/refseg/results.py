@@ -1,4 +1,5 @@
-"""The files of a run's results, written by one function for ``refseg predict`` and the web app.
+"""The files of a run's results, written by one function for ``refseg predict`` and the web app,
+and read back, checked, for evaluation (:func:`load_results`).
 
 ``<out>`` is the results path the user named:
 
@@ -10,13 +11,17 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data.coco import write_json
+from .data.coco import is_int, write_json
+from .errors import InvalidInputError
+from .masks import box_numbers
 
 
 @dataclass(frozen=True)
@@ -76,3 +81,61 @@ def write_results(
             errors_path.unlink(missing_ok=True)
             errors_path = None
     return ResultFiles(results_path, images_path, errors_path)
+
+
+def load_results(results: str | os.PathLike | Sequence[Mapping]) -> list[dict]:
+    """A results list from a json path or a list, checked for the keys COCOeval needs.
+
+    Raises:
+        InvalidInputError: missing file, bad json, not a list, or a result missing image_id,
+            category_id, score, or both bbox and segmentation.
+    """
+    if isinstance(results, str | os.PathLike):
+        path = Path(results)
+        if not path.is_file():
+            raise InvalidInputError(f"Results json not found: {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+            raise InvalidInputError(f"{path} is not valid json: {error}") from error
+        if isinstance(data, dict) and isinstance(data.get("annotations"), list):
+            data = data["annotations"]  # a COCO-style file holding results as annotations
+        source = str(path)
+    else:
+        data, source = results, "results"
+    if not isinstance(data, list | tuple):
+        raise InvalidInputError(f"{source}: expected a list of result dicts, got {type(data).__name__}.")
+    checked = []
+    for index, result in enumerate(data):
+        if not isinstance(result, Mapping):
+            raise InvalidInputError(f"{source}: result #{index} is not an object.")
+        missing = [key for key in ("image_id", "category_id", "score") if key not in result]
+        if missing:
+            raise InvalidInputError(f"{source}: result #{index} lacks {', '.join(map(repr, missing))}.")
+        if "bbox" not in result and "segmentation" not in result:
+            raise InvalidInputError(f"{source}: result #{index} has neither a bbox nor a segmentation.")
+        _check_result(result, f"{source}: result #{index}")
+        checked.append(dict(result))
+    return checked
+
+
+def _check_result(result: Mapping, where: str) -> None:
+    """Field types pycocotools needs: integer ids, a finite score, a box of four finite numbers
+    (w, h >= 0), a segmentation that is polygons or an RLE."""
+    for key in ("image_id", "category_id"):
+        if not is_int(result[key]):
+            raise InvalidInputError(f"{where}: {key!r} must be an integer, got {result[key]!r}.")
+    score = result["score"]
+    if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
+        raise InvalidInputError(f"{where}: 'score' must be a finite number, got {score!r}.")
+    if "bbox" in result:
+        _x, _y, w, h = box_numbers(result["bbox"], what=f"{where}: 'bbox'")
+        if w < 0 or h < 0:
+            raise InvalidInputError(
+                f"{where}: 'bbox' must be x, y, w, h with w, h >= 0, got {result['bbox']!r}."
+            )
+    segmentation = result.get("segmentation")
+    if "segmentation" in result and not (
+        isinstance(segmentation, list) or (isinstance(segmentation, Mapping) and "counts" in segmentation)
+    ):
+        raise InvalidInputError(f"{where}: 'segmentation' must be polygons or an RLE, got {segmentation!r}.")

@@ -14,10 +14,12 @@ read, ``<out>.errors.json`` (:func:`refseg.results.write_results`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,7 +27,19 @@ from typing import Any, Protocol
 import numpy as np
 
 from .data.images import load_image
-from .errors import InvalidInputError, RefsegError
+from .errors import InvalidInputError, OutputError, RefsegError
+from .files import (
+    check_not_input,
+    check_writable,
+    check_writable_folder,
+    lock_path,
+    make_folder,
+    output_error,
+    output_lock,
+    safe_child,
+    safe_relative,
+    save_image,
+)
 from .instances import Instances
 from .partials import (
     append_line,
@@ -37,10 +51,13 @@ from .partials import (
     read_partial,
     run_key,
 )
+from .presets import SettingRange
 from .results import sidecar_path, write_results
 from .targets import Target
 
 logger = logging.getLogger(__name__)
+
+SCORE_THRESHOLDS = SettingRange(float, 0, 1)
 
 
 class SupportsPredict(Protocol):
@@ -58,7 +75,7 @@ class PredictSummary:
         images_path: the ``<out>.images.json`` mapping.
         errors_path: the ``<out>.errors.json`` report, or None when every image was read.
         total: images in the whole run.
-        processed: images this call segmented (or failed to read).
+        processed: images this call segmented (those it could not read are ``errors``).
         resumed: images skipped because an earlier run had done them.
         errors: unreadable images in the whole run (rank 0) or in this process's share.
         instances: result entries in the final file (rank 0) or written by this process.
@@ -81,6 +98,32 @@ class PredictSummary:
 
 
 # ----------------------------------------------------------------------------- the loop
+
+
+def check_outputs(
+    out_path: str | os.PathLike,
+    vis_dir: str | os.PathLike | None = None,
+    inputs: Iterable[str | os.PathLike | None] = (),
+) -> None:
+    """Raise unless every file of a run can be written: ``out_path``, its sidecars, partial
+    file and lock (:func:`refseg.files.check_writable`), and the overlay folder, none of them
+    one of the ``inputs`` (the target images, the memory file...) nor the overlay folder. Cheap:
+    call it before loading models, so a bad output stops a run before any work.
+
+    Raises:
+        OutputError: naming the first output that cannot be written.
+    """
+    files = [out_path, sidecar_path(out_path, "images"), sidecar_path(out_path, "errors")]
+    files += [partial_path(out_path), lock_path(out_path)]
+    for path in files:
+        check_writable(path)
+    check_not_input(files, inputs)
+    if vis_dir is not None:
+        check_writable_folder(vis_dir)
+        if Path(os.path.realpath(vis_dir)) in {Path(os.path.realpath(f)) for f in files}:
+            raise OutputError(
+                f"The overlay folder {vis_dir} is one of the run's files; give overlays a folder of their own."
+            )
 
 
 def predict_files(
@@ -111,7 +154,8 @@ def predict_files(
             score threshold and the category ids, plus ``run_info``); without it, partial
             files of earlier runs are deleted first.
         score_threshold: drop instances scoring below this.
-        vis_dir: when given, an overlay PNG per image is written there (``refseg.viz``).
+        vis_dir: when given, an overlay PNG per image is written there (``refseg.viz``), named
+            by :func:`overlay_paths`.
         run_info: anything else a resume must agree on (json-able), beside the settings the
             runner finds itself.
         rank, world_size: this process's share is ``targets[rank::world_size]``; rank 0 merges.
@@ -124,11 +168,19 @@ def predict_files(
     Raises:
         InvalidInputError: duplicate target names or ids, an empty memory bank, or a resume
             over partial files of a run with other settings.
+        OutputError: an output cannot be written (checked before the first image), or another
+            run is writing it (``<out>.lock``, :func:`refseg.files.output_lock`).
     """
     if world_size > 1 and barrier is None:
         raise ValueError("a multi-process run needs a barrier")
     out_path = Path(out_path)
+    if not SCORE_THRESHOLDS.accepts(score_threshold):
+        raise InvalidInputError(
+            f"score_threshold must be {SCORE_THRESHOLDS.describe()}, got {score_threshold!r}."
+        )
+    check_outputs(out_path, vis_dir, [t.path for t in targets])
     _check_unique(targets)
+    overlays = overlay_paths(targets, vis_dir) if vis_dir is not None else {}
     memory = getattr(segmenter, "memory", None)
     if memory is not None and len(memory) == 0:
         raise InvalidInputError("The memory bank is empty: add references before predicting.")
@@ -139,50 +191,56 @@ def predict_files(
         out_path=out_path, images_path=sidecar_path(out_path, "images"), total=len(targets)
     )
 
-    if not resume and rank == 0:
-        for stale in partial_paths(out_path):
-            logger.warning(
-                "Deleting partial results of an earlier run: %s (use --resume to continue it)", stale
-            )
-            stale.unlink()
-    if world_size > 1:
-        barrier()  # type: ignore[misc]
-    done = _done_names(out_path, header) if resume else set()
+    # One run per output: a second run would delete or mix this one's partial files.
+    with output_lock(out_path) if rank == 0 else contextlib.nullcontext():
+        if not resume and rank == 0:
+            for stale in partial_paths(out_path):
+                logger.warning(
+                    "Deleting partial results of an earlier run: %s (use --resume to continue it)", stale
+                )
+                stale.unlink()
+        if world_size > 1:
+            barrier()  # type: ignore[misc]
+        done = _done_names(out_path, header) if resume else set()
 
-    share = list(targets[rank::world_size])
-    todo = [t for t in share if t.file_name not in done]
-    summary.resumed = len(share) - len(todo)
-    if summary.resumed:
-        logger.info("Resuming: %d of %d images already done", summary.resumed, len(share))
+        share = list(targets[rank::world_size])
+        todo = [t for t in share if t.file_name not in done]
+        summary.resumed = len(share) - len(todo)
+        if summary.resumed:
+            logger.info("Resuming: %d of %d images already done", summary.resumed, len(share))
 
-    own = partial_path(out_path, rank, world_size)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if own.exists():
-        cut_torn_tail(own)
-    start = time.perf_counter()
-    with open(own, "a", encoding="utf-8") as handle:
-        if handle.tell() == 0:
-            append_line(handle, header)
-        bar = progress_bar(len(share), summary.resumed, enabled=progress and rank == 0)
+        own = partial_path(out_path, rank, world_size)
+        make_folder(out_path.parent)
+        start = time.perf_counter()
         try:
-            for target in todo:
-                record = _predict_one(segmenter, target, category_ids, score_threshold, vis_dir)
-                append_line(handle, record)
-                summary.processed += 1
-                if record["status"] == "ok":
-                    summary.instances += len(record["results"])
-                else:
-                    summary.errors += 1
-                    logger.warning("Skipped %s: %s", target.path, record["error"])
-                bar.update(1)
-        finally:
-            bar.close()
-    summary.seconds = time.perf_counter() - start
+            if own.exists():
+                cut_torn_tail(own)
+            with open(own, "a", encoding="utf-8") as handle:
+                if handle.tell() == 0:
+                    append_line(handle, header)
+                bar = progress_bar(len(share), summary.resumed, enabled=progress and rank == 0)
+                try:
+                    for target in todo:
+                        overlay = overlays.get(target.file_name)
+                        record = _predict_one(segmenter, target, category_ids, score_threshold, overlay)
+                        append_line(handle, record)
+                        if record["status"] == "ok":
+                            summary.processed += 1
+                            summary.instances += len(record["results"])
+                        else:
+                            summary.errors += 1
+                            logger.warning("Skipped %s: %s", target.path, record["error"])
+                        bar.update(1)
+                finally:
+                    bar.close()
+        except OSError as error:  # a full disk or a folder that became read-only, mid-run
+            raise output_error(error, own) from None
+        summary.seconds = time.perf_counter() - start
 
-    if world_size > 1:
-        barrier()  # type: ignore[misc]
-    if rank == 0:
-        _merge(targets, out_path, category_ids, summary)
+        if world_size > 1:
+            barrier()  # type: ignore[misc]
+        if rank == 0:
+            _merge(targets, out_path, category_ids, summary)
     return summary
 
 
@@ -216,30 +274,57 @@ def _predict_one(
     target: Target,
     category_ids: Mapping[str, int] | None,
     score_threshold: float,
-    vis_dir: str | os.PathLike | None,
+    overlay: Path | None,
 ) -> dict[str, Any]:
     base = {"file_name": target.file_name, "image_id": target.image_id}
     try:
         image = load_image(target.path)
         instances = segmenter.predict(image)
-    except RefsegError as error:
+    except InvalidInputError as error:  # this image; weights or outputs out of reach stop the run
         return {**base, "status": "error", "error": str(error)}
     if score_threshold > 0:
         instances = instances.filter(score_threshold)
     results = instances.to_coco(target.image_id, category_ids)
-    if vis_dir is not None:
-        _write_overlay(image, instances, Path(vis_dir), target.file_name)
+    if overlay is not None:
+        from .viz import draw_instances  # optional: only when overlays are asked for
+
+        save_image(draw_instances(image, instances), overlay)
     height, width = image.shape[:2]
     return {**base, "status": "ok", "height": int(height), "width": int(width), "results": results}
 
 
-def _write_overlay(image: np.ndarray, instances: Instances, vis_dir: Path, file_name: str) -> None:
-    from .viz import draw_instances  # optional: only when overlays are asked for
+def overlay_paths(targets: Sequence[Target], vis_dir: str | os.PathLike) -> dict[str, Path]:
+    """Where each target's overlay goes (file name -> path), for the whole run at once.
 
-    relative = Path(file_name.lstrip("/")).with_suffix(".png")
-    path = vis_dir / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    draw_instances(image, instances).save(path)
+    Each lies inside ``vis_dir`` (:func:`refseg.files.safe_child`: a ``file_name`` such as
+    ``../../x.jpg`` cannot lead out) and no two targets share one, compared ignoring case:
+    ``<stem>.png`` in the name's sub-folders, unless another target would get the same file
+    (``a.jpg`` and ``a.png``); those get ``<name with its suffix>.png``; if even that is shared
+    (names that differ only by parts ``safe_child`` drops), ``<name>.id<image id>.png``. Every
+    process of a multi-process run computes the same paths.
+
+    Raises:
+        InvalidInputError: a name that names no file, or leads out of ``vis_dir`` through a link.
+    """
+    relatives = {t.file_name: safe_relative(t.file_name) for t in targets}
+    ids = {t.file_name: t.image_id for t in targets}
+    forms = (
+        lambda name, rel: rel.with_suffix(".png"),
+        lambda name, rel: rel.with_name(rel.name + ".png"),
+        lambda name, rel: rel.with_name(f"{rel.name}.id{ids[name]}.png"),
+    )
+    level = dict.fromkeys(relatives, 0)
+    while True:
+        chosen = {name: forms[level[name]](name, rel) for name, rel in relatives.items()}
+        counts = Counter(path.as_posix().casefold() for path in chosen.values())
+        shared = [name for name, path in chosen.items() if counts[path.as_posix().casefold()] > 1]
+        if not shared:
+            break
+        for name in shared:
+            if level[name] == len(forms) - 1:  # pragma: no cover - ids are unique, so is the last form
+                raise InvalidInputError(f"Two targets would share the overlay {chosen[name]}.")
+            level[name] += 1
+    return {name: safe_child(vis_dir, path) for name, path in chosen.items()}
 
 
 def progress_bar(total: int, initial: int, *, enabled: bool, desc: str = "predict", unit: str = "img"):

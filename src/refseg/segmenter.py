@@ -85,6 +85,10 @@ class Segmenter:
     ) -> Segmenter:
         """Load SAM2 and DINOv2 (hub ids or local directories) as a preset says.
 
+        SAM2's checkpoint is checked at once and its weights are loaded on first use
+        (:class:`~refseg.models.lazy.LazyProposer`): a memory built from masks alone never
+        loads SAM2.
+
         Args:
             preset: "paper", "fast" or a :class:`Preset`.
             sam2: hub id or local directory overriding the preset's SAM2.
@@ -95,7 +99,8 @@ class Segmenter:
             between_stages: called between the stages of :meth:`predict` (see the class).
 
         Raises:
-            WeightsUnavailableError: a model cannot be loaded (its message says how to use a local copy).
+            WeightsUnavailableError: a model cannot be loaded (its message says how to use a local
+                copy); for SAM2's weights, at their first use.
         """
         from .models.loading import load_encoder, load_proposer
 
@@ -105,7 +110,7 @@ class Segmenter:
             dtype=dtype,
             **overrides,
         )
-        proposer = load_proposer(settings.sam2_id, device=device, dtype=settings.dtype)
+        proposer = load_proposer(settings.sam2_id, device=device, dtype=settings.dtype, lazy=True)
         dino = load_encoder(
             settings.encoder_id, input_size=settings.encoder_input_size, device=device, dtype=settings.dtype
         )

@@ -85,20 +85,30 @@ def coco_targets(coco_json: str | os.PathLike, images_dir: str | os.PathLike) ->
     """The images of a COCO json (in the file's order), with their own ids.
 
     Raises:
-        InvalidInputError: the json cannot be read or has no ``images`` list.
+        InvalidInputError: the json cannot be read, has no ``images`` list, or an image entry
+            of the wrong shape (:func:`refseg.data.coco.check_images`: ids must be unique
+            integers, every image needs a ``file_name``).
     """
+    return coco_targets_and_categories(coco_json, images_dir)[0]
+
+
+def coco_targets_and_categories(
+    coco_json: str | os.PathLike, images_dir: str | os.PathLike
+) -> tuple[list[Target], list[dict[str, Any]]]:
+    """:func:`coco_targets` and the json's ``categories`` (checked; ``[]`` when it has none),
+    read once: results on these images must carry these category ids."""
+    from .data.coco import check_categories, check_images, image_path
+
     data = read_json(coco_json)
-    images = data.get("images") if isinstance(data, dict) else None
-    if not isinstance(images, list):
+    if not isinstance(data, dict) or "images" not in data:
         raise InvalidInputError(f"{coco_json} is not a COCO json: it has no 'images' list.")
+    images = check_images(data["images"], str(coco_json), sizes=False, file_names=True)
+    categories = check_categories(data.get("categories", []), str(coco_json))
     root = Path(images_dir)
     if not root.is_dir():
         raise InvalidInputError(f"Images folder not found: {root}")
-    targets = []
-    for image in images:
-        name = str(image["file_name"])
-        targets.append(Target(root / name, name, int(image["id"])))
-    return targets
+    targets = [Target(image_path(image, root), image["file_name"], int(image["id"])) for image in images]
+    return targets, categories
 
 
 def read_image_ids(path: str | os.PathLike) -> list[int]:
@@ -124,7 +134,7 @@ def read_json(path: str | os.PathLike) -> Any:
             return json.load(handle)
     except FileNotFoundError:
         raise InvalidInputError(f"File not found: {path}") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise InvalidInputError(f"Cannot read json file {path}: {error}") from error
 
 

@@ -8,7 +8,7 @@ import click
 
 from ..memory import MemoryBank
 from ..model_spec import ModelSpec
-from .options import echo, model_options, refseg_errors
+from .options import PORT, echo, model_options, refseg_errors
 
 
 @click.command("app")
@@ -28,7 +28,7 @@ from .options import echo, model_options, refseg_errors
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: the network)."
 )
-@click.option("--port", default=7860, show_default=True, type=int, help="TCP port.")
+@click.option("--port", default=7860, show_default=True, type=PORT, help="TCP port (0: any free one).")
 @refseg_errors
 def app_command(models: ModelSpec, memory_path: Path | None, host: str, port: int) -> None:
     """Start the web app: add references in the browser, segment targets, download results."""

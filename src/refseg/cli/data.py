@@ -7,8 +7,9 @@ from collections.abc import Sequence
 import click
 
 from ..data.coco import load_coco, write_json
+from ..files import check_not_input
 from ..model_spec import ModelSpec
-from .options import CONTEXT_SETTINGS, echo, model_options
+from .options import CONTEXT_SETTINGS, COUNT, echo, model_options, output_option
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -18,16 +19,12 @@ from .options import CONTEXT_SETTINGS, echo, model_options
     required=True,
     help="A split name (coco-fsod-novel, coco-all, voc-split-1...) or comma-separated class names.",
 )
-@click.option("--shots", type=int, required=True, help="References per class (K).")
+@click.option("--shots", type=COUNT, required=True, help="References per class (K), >= 1.")
 @click.option(
     "--seed", type=int, default=33, show_default=True, help="Sampling seed (the paper's main results: 33)."
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False),
-    required=True,
-    help="The references COCO json to write.",
+@output_option(
+    "-o", "--output", required=True, example="refs.json", help="The references COCO json to write."
 )
 def sample(coco_json: str, classes: str, shots: int, seed: int, output: str) -> None:
     """Draw K reference instances per class from a COCO data set.
@@ -42,6 +39,7 @@ def sample(coco_json: str, classes: str, shots: int, seed: int, output: str) -> 
     """
     from ..data.sampling import sample_references
 
+    check_not_input([output], [coco_json])
     refs = sample_references(load_coco(coco_json), classes, shots, seed)
     write_json(refs, output)
     counts: dict[str, int] = {c["name"]: 0 for c in refs["categories"]}
@@ -62,9 +60,7 @@ def sample(coco_json: str, classes: str, shots: int, seed: int, output: str) -> 
 @click.option(
     "--images", type=click.Path(file_okay=False), required=True, help="Folder of the json's images."
 )
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False), required=True, help="The COCO json to write."
-)
+@output_option("-o", "--output", required=True, example="masks.json", help="The COCO json to write.")
 @click.option("--overwrite", is_flag=True, help="Also replace existing segmentations.")
 @model_options(choices=("preset", "sam2", "device", "dtype"), help_texts={"preset": "Gives the SAM2 model."})
 def boxes_to_masks_command(
@@ -78,13 +74,18 @@ def boxes_to_masks_command(
     """
     from ..data.boxes import boxes_to_masks
 
-    converted = boxes_to_masks(load_coco(coco_json), images, models.load_proposer(), overwrite=overwrite)
+    check_not_input([output], [coco_json])
+    converted = boxes_to_masks(
+        load_coco(coco_json),
+        images,
+        models.load_proposer(),
+        overwrite=overwrite,
+        on_skip=lambda line: echo(f"  skipped {line}", err=True),
+    )
     write_json(converted, output)
     counts = converted["info"]["boxes_to_masks"]["masks"]
     skipped = converted["info"]["boxes_to_masks"]["skipped_images"]
     echo(f"{counts['sam2']} masks from SAM2, {counts['box']} box fallbacks, {len(skipped)} images skipped")
-    for item in skipped[:20]:
-        echo(f"  skipped {item['file_name']}: {item['error']}", err=True)
     echo(output)
 
 
@@ -104,9 +105,7 @@ def boxes_to_masks_command(
     show_default=True,
     help="Objects marked difficult: ordinary annotations, crowd (ignored by COCO eval), or left out.",
 )
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False), required=True, help="The COCO json to write."
-)
+@output_option("-o", "--output", required=True, example="voc.json", help="The COCO json to write.")
 def voc2coco(
     voc_roots: Sequence[str], image_set: str, classes: str | None, difficult: str, output: str
 ) -> None:
@@ -119,15 +118,17 @@ def voc2coco(
     Example:
       refseg voc2coco VOCdevkit/VOC2007 VOCdevkit/VOC2012 --set trainval -o voc_trainval.json
     """
-    from ..data.splits import SPLITS, VOC_CLASSES
+    from ..data.splits import COCO_TO_VOC, SPLITS, VOC_CLASSES
     from ..data.voc import voc_image_dir, voc_to_coco
 
     if classes is None:
         class_list: Sequence[str] = VOC_CLASSES
     elif classes.strip() in SPLITS:
         class_list = SPLITS[classes.strip()]
-    else:
-        class_list = [name.strip() for name in classes.split(",") if name.strip()]
+    else:  # VOC names; the six COCO spellings (airplane, tv...) are read as their VOC names
+        class_list = [
+            COCO_TO_VOC.get(name.strip(), name.strip()) for name in classes.split(",") if name.strip()
+        ]
     converted = voc_to_coco(list(voc_roots), image_set, classes=class_list, difficult=difficult)  # type: ignore[arg-type]
     write_json(converted, output)
     echo(

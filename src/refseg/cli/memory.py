@@ -8,9 +8,19 @@ import click
 
 from ..data.coco import load_coco
 from ..errors import InvalidInputError
+from ..files import check_not_input, check_writable, picture_format, save_image
 from ..memory import MemoryBank, read_memory_metadata
 from ..model_spec import ModelSpec
-from .options import CONTEXT_SETTINGS, DefaultCommandGroup, echo, model_options, refseg_errors
+from .options import (
+    CONTEXT_SETTINGS,
+    COUNT,
+    TILE,
+    DefaultCommandGroup,
+    echo,
+    model_options,
+    output_option,
+    refseg_errors,
+)
 
 
 @click.group(cls=DefaultCommandGroup, context_settings=CONTEXT_SETTINGS, invoke_without_command=False)
@@ -43,8 +53,8 @@ def memory() -> None:
     help="A folder with one sub-folder per class holding image + mask pairs (x.jpg + x.mask.png or "
     "x_mask.png); CLASS/negatives/ holds pairs of what is not CLASS, _background/ pairs of no class.",
 )
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False), required=True, help="The memory file to write."
+@output_option(
+    "-o", "--output", required=True, example="memory.safetensors", help="The memory file to write."
 )
 @model_options(references=True)
 def memory_build(
@@ -67,7 +77,7 @@ def memory_build(
       refseg memory build --refs refs.json --images coco/train2017 -o memory.safetensors
       refseg memory build --folder my_refs/ --preset fast -o memory.safetensors
     """
-    from ..references import add_coco_references, add_folder_references
+    from ..references import add_coco_references, add_folder_references, folder_references
 
     if (refs is None) == (folder is None):
         raise InvalidInputError("Give either --refs REFS.json with --images DIR, or --folder DIR.")
@@ -75,23 +85,30 @@ def memory_build(
         raise InvalidInputError(
             "--refs needs --images DIR, the folder its images' file_name are relative to."
         )
+    # The inputs are read and checked before the models are loaded: a bad one fails at once.
+    check_not_input([output], [refs])
+    coco = load_coco(refs, references=True) if refs is not None else None
+    if folder is not None:
+        folder_references(folder)
     segmenter = models.load_segmenter()
-    if refs is not None:
-        report = add_coco_references(segmenter, load_coco(refs), images)
+
+    def skipped(line: str) -> None:
+        echo(f"  skipped {line}", err=True)
+
+    if coco is not None:
+        report = add_coco_references(segmenter, coco, images, on_skip=skipped)
     else:
-        report = add_folder_references(segmenter, folder)
+        report = add_folder_references(segmenter, folder, on_skip=skipped)
     bank = segmenter.memory
     if not bank.class_names:
         raise InvalidInputError(
-            f"No usable positive reference ({report.added} added, {len(report.skipped)} skipped; see the "
-            "warnings): a memory needs at least one example of a class."
+            f"No usable positive reference ({report.added} added, {len(report.skipped)} skipped; listed "
+            "above): a memory needs at least one example of a class."
         )
     path = bank.save(output)
     echo(bank.describe())
     if report.skipped:
-        echo(f"{len(report.skipped)} reference(s) skipped:", err=True)
-        for item in report.skipped[:20]:
-            echo(f"  {item['source']}: {item['reason']}", err=True)
+        echo(f"{len(report.skipped)} reference(s) skipped (listed above)", err=True)
     echo(f"{report.added} references of {len(bank.class_names)} classes -> {path}")
 
 
@@ -126,11 +143,11 @@ def _human_size(size: float) -> str:
 
 @memory.command("show", context_settings=CONTEXT_SETTINGS)
 @click.argument("memory_path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option(
+@output_option(
     "-o",
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
+    path_type=Path,
+    example="memory.png",
     help="Picture to write (default: the memory file's name with .png).",
 )
 @click.option(
@@ -156,8 +173,12 @@ def _human_size(size: float) -> str:
     },
 )
 @click.option("--classes", default=None, help="Only these classes, comma-separated (default: all).")
-@click.option("--max-per-class", type=int, default=8, show_default=True, help="References shown per class.")
-@click.option("--tile-size", type=int, default=128, show_default=True, help="Side of each tile in pixels.")
+@click.option(
+    "--max-per-class", type=COUNT, default=8, show_default=True, help="References shown per class, >= 1."
+)
+@click.option(
+    "--tile-size", type=TILE, default=128, show_default=True, help="Side of each tile in pixels (16 to 1024)."
+)
 @refseg_errors
 def show_memory_command(
     memory_path: Path,
@@ -184,10 +205,18 @@ def show_memory_command(
 
     from ..memory_pictures import lazy_prompt_to_mask, picture_memory
 
+    target = out if out is not None else memory_path.with_suffix(".png")
+    picture_format(target)
+    check_writable(target, example="memory.png")
+    check_not_input([target], [memory_path, coco_path])
     bank = MemoryBank.load(memory_path)
     if len(bank) == 0:
         raise InvalidInputError(f"{memory_path} holds no references: nothing to picture.")
-    coco = load_coco(coco_path, require=("images", "annotations")) if coco_path is not None else None
+    coco = (
+        load_coco(coco_path, require=("images", "annotations"), references=True)
+        if coco_path is not None
+        else None
+    )
     models = dataclasses.replace(models, encoder=models.encoder or bank.encoder.name)
     encoder = models.load_encoder(input_size=bank.encoder.input_size)
     picture = picture_memory(
@@ -201,7 +230,5 @@ def show_memory_command(
         tile_size=tile_size,
         on_skip=lambda line: echo(f"skipped {line}", err=True),
     )
-    target = out if out is not None else memory_path.with_suffix(".png")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    picture.image.save(target)
+    save_image(picture.image, target)
     echo(f"{picture.pictured} reference(s) pictured ({len(picture.skipped)} skipped): {target}")

@@ -3,27 +3,66 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import click
 
 from ..errors import RefsegError
+from ..files import check_writable, check_writable_folder
 from ..model_spec import ModelSpec
 from ..pipelines.reporter import Reporter
-from ..presets import PRESETS
+from ..presets import PRESETS, SETTING_RANGES, SettingRange
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class RefsegGroup(click.Group):
-    """A click group that turns :class:`RefsegError` into a clean ``Error: ...`` and exit code 1."""
+    """A click group that turns :class:`RefsegError` into a clean ``Error: ...`` and exit code 1.
+
+    A bad option value (out of range, not a number, a missing required option) exits 1 as
+    well: it is bad input like any other. Only a malformed command line (an unknown option)
+    keeps click's exit code 2.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except RefsegError as error:
             raise click.ClickException(printable(str(error))) from None
+        except click.BadParameter as error:
+            error.exit_code = 1
+            raise
+
+
+class Bounded(click.ParamType):
+    """An integer or finite number within bounds (:class:`refseg.presets.SettingRange`).
+
+    click's ``FloatRange`` lets NaN through (every comparison with NaN is false); this type
+    refuses NaN and infinities, and says what it wants: ``0 is not an integer >= 1``.
+    """
+
+    def __init__(self, kind: type, minimum: float | None = None, maximum: float | None = None) -> None:
+        self.allowed = SettingRange(kind, minimum, maximum)
+        self.name = "integer" if kind is int else "number"
+
+    @classmethod
+    def of(cls, allowed: SettingRange) -> Bounded:
+        return cls(allowed.kind, allowed.minimum, allowed.maximum)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            try:
+                value = self.allowed.kind(value.strip())
+            except ValueError:
+                self.fail(f"{value!r} is not {self.allowed.describe()}.", param, ctx)
+        if not self.allowed.accepts(value):
+            self.fail(f"{value!r} is not {self.allowed.describe()}.", param, ctx)
+        return value
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "INTEGER" if self.allowed.kind is int else "NUMBER"
 
 
 class DefaultCommandGroup(RefsegGroup):
@@ -54,17 +93,18 @@ def refseg_errors(function: Callable) -> Callable:
 
 
 def printable(text: str) -> str:
-    """``text`` with lone surrogates (the undecodable bytes of a file name, as Python reads
-    them) written as ``\\udcxx`` escapes, so printing it never fails, whatever the terminal."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
+    """``text`` without lone surrogates (a file or class name that was not valid UTF-8 comes
+    through ``os.fsdecode`` with them), shown as ``\\udcff``: printing never crashes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def echo(message: str = "", *, err: bool = False) -> None:
-    click.echo(printable(message), err=err)
+    """``click.echo``, and the message with escapes where the terminal cannot show it."""
+    try:
+        click.echo(message, err=err)
+    except UnicodeEncodeError:
+        encoding = getattr(sys.stderr if err else sys.stdout, "encoding", None) or "utf-8"
+        click.echo(printable(message).encode(encoding, "backslashreplace").decode(encoding), err=err)
 
 
 class PrintReporter(Reporter):
@@ -98,6 +138,50 @@ def print_predict_summary(summary: Any) -> None:
     echo(str(summary.out_path))
 
 
+# ----------------------------------------------------------------------------- outputs
+
+
+def output_option(
+    *decls: str,
+    help: str,
+    example: str = "results.json",
+    folder: bool = False,
+    required: bool = False,
+    path_type: type | None = None,
+) -> Callable:
+    """An output option (``-o FILE``, ``--vis FOLDER``...) checked as soon as it is parsed, so a
+    path that cannot be written stops the verb before any model is loaded or any work is done
+    (:func:`refseg.files.check_writable`): ``Error: out is a folder; give a file name such as
+    out/results.json``, exit code 1.
+
+    Args:
+        decls: the option's names (``"-o", "--output"``) and parameter name.
+        example: the file name suggested when a folder is given for a file.
+        folder: the output is a folder (files are written into it).
+    """
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return value
+        try:
+            if folder:
+                check_writable_folder(value)
+            else:
+                check_writable(value, example=example)
+        except RefsegError as error:
+            raise click.ClickException(printable(str(error))) from None
+        return value
+
+    return click.option(
+        *decls,
+        type=click.Path(path_type=path_type),
+        metavar="FOLDER" if folder else "FILE",
+        required=required,
+        callback=check,
+        help=help,
+    )
+
+
 # ----------------------------------------------------------------------------- model options
 
 MODEL_HELP: dict[str, str] = {
@@ -110,18 +194,32 @@ MODEL_HELP: dict[str, str] = {
     "dtype": "Compute dtype (default: the preset's).",
 }
 
-# Setting overrides: option name -> (Preset field, type, help).
+# Setting overrides: option name -> (Preset field, help); their types come from SETTING_RANGES.
 REFERENCE_SETTINGS = {
-    "--context-ratio": ("context_ratio", float, "Reference crop margin (paper: 0.2)."),
+    "--context-ratio": ("context_ratio", "Reference crop margin, 0 to 10 (paper: 0.2)."),
 }
 PREDICT_SETTINGS = {
-    "--points-per-side": ("points_per_side", int, "Proposal grid side (paper: 32)."),
-    "--batch-size": ("points_batch_size", int, "Prompts per decoder call (speed only)."),
-    "--iou-thr": ("iou_threshold", float, "SAM2 predicted-IoU filter (paper: 0.4)."),
-    "--nms-thr": ("nms_threshold", float, "Class-wise NMS IoU (paper: 0.5)."),
-    "--max-instances": ("max_instances", int, "Instances kept per image (paper: 100)."),
+    "--points-per-side": ("points_per_side", "Proposal grid side, 1 to 1024 (paper: 32)."),
+    "--batch-size": ("points_batch_size", "Prompts per decoder call, >= 1 (speed only)."),
+    "--iou-thr": ("iou_threshold", "SAM2 predicted-IoU filter, in [0, 1] (paper: 0.4)."),
+    "--nms-thr": ("nms_threshold", "Class-wise NMS IoU, in [0, 1] (paper: 0.5)."),
+    "--max-instances": ("max_instances", "Instances kept per image, >= 1 (paper: 100)."),
 }
+
+#: Types of the options that are not settings (declared here once, used by every verb).
+COUNT = Bounded(int, 1)  # --shots, --limit, --max-per-class
+SCORE = Bounded(float, 0, 1)  # --score-thr
+PORT = Bounded(int, 0, 65535)
+TILE = Bounded(int, 16, 1024)  # --tile-size
 MODEL_CHOICES = ("preset", "sam2", "encoder", "device", "dtype")
+
+
+def quiet_model_loading() -> None:
+    """No 'Loading weights' bar from transformers for every model a verb loads (the hub's
+    download bars stay). The command's choice, made here at the edge: the library sets nothing."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
 
 def model_options(
@@ -159,13 +257,15 @@ def model_options(
     options = [declared[name] for name in choices]
     settings = {**(REFERENCE_SETTINGS if references else {}), **(PREDICT_SETTINGS if predict else {})}
     options += [
-        click.option(flag, field, type=kind, help=text) for flag, (field, kind, text) in settings.items()
+        click.option(flag, field, type=Bounded.of(SETTING_RANGES[field]), help=text)
+        for flag, (field, text) in settings.items()
     ]
-    fields = [field for field, _, _ in settings.values()]
+    fields = [field for field, _ in settings.values()]
 
     def decorate(function: Callable) -> Callable:
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            quiet_model_loading()
             overrides = {name: kwargs.pop(name) for name in fields}
             kwargs["models"] = ModelSpec(
                 preset=kwargs.pop("preset", default_preset),

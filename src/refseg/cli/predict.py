@@ -8,9 +8,10 @@ import click
 
 from ..data.coco import load_coco, write_json
 from ..errors import InvalidInputError
+from ..files import check_not_input
 from ..memory import MemoryBank
 from ..model_spec import ModelSpec
-from .options import CONTEXT_SETTINGS, PrintReporter, echo, model_options
+from .options import CONTEXT_SETTINGS, COUNT, SCORE, PrintReporter, echo, model_options, output_option
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
@@ -27,16 +28,16 @@ from .options import CONTEXT_SETTINGS, PrintReporter, echo, model_options
     "--coco", "coco_json", type=click.Path(dir_okay=False), help="Segment the images of this COCO json."
 )
 @click.option("--images", type=click.Path(file_okay=False), help="With --coco: the folder of its images.")
+@output_option("-o", "--output", required=True, help="The COCO results json to write.")
 @click.option(
-    "-o", "--output", type=click.Path(dir_okay=False), required=True, help="The COCO results json to write."
+    "--score-thr",
+    type=SCORE,
+    default=0.0,
+    show_default=True,
+    help="Drop instances scoring below this (in [0, 1]).",
 )
-@click.option(
-    "--score-thr", type=float, default=0.0, show_default=True, help="Drop instances scoring below this."
-)
-@click.option("--limit", type=int, help="Only the first N target images.")
-@click.option(
-    "--vis", "vis_dir", type=click.Path(file_okay=False), help="Also write overlay PNGs into this folder."
-)
+@click.option("--limit", type=COUNT, help="Only the first N target images (N >= 1).")
+@output_option("--vis", "vis_dir", folder=True, help="Also write overlay PNGs into this folder.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run with the same settings and output.")
 @model_options(predict=True)
 def predict(
@@ -55,7 +56,8 @@ def predict(
     """Segment images with a memory bank; write COCO results (RLE masks).
 
     TARGETS are image files, folders or quoted glob patterns ('photos/**/*.jpg'); or use
-    --coco val.json --images DIR for the images of a COCO json (with their ids). Results are
+    --coco val.json --images DIR for the images of a COCO json (with their ids; results carry
+    the json's category id of each class, matched by name). Results are
     written as they come to OUTPUT.partial.jsonl, so an interrupted run continues with
     --resume. Beside OUTPUT: OUTPUT.images.json (file name -> image id) and, if some images
     could not be read, OUTPUT.errors.json. Multi-GPU: torchrun --nproc-per-node N -m refseg predict ...
@@ -67,14 +69,15 @@ def predict(
       refseg predict --memory memory.safetensors --coco val.json --images val2017/ -o results.json
     """
     from ..pipelines.predict import predict_images
-    from ..targets import coco_targets, collect_targets
+    from ..targets import coco_targets_and_categories, collect_targets
 
+    categories = None
     if coco_json is not None:
         if images is None:
             raise InvalidInputError("--coco needs --images DIR, the folder of its images.")
         if targets:
             raise InvalidInputError("Give either target images or --coco JSON --images DIR, not both.")
-        target_list = coco_targets(coco_json, images)
+        target_list, categories = coco_targets_and_categories(coco_json, images)
     elif targets:
         target_list = collect_targets(targets)
     else:
@@ -93,6 +96,8 @@ def predict(
         vis_dir=vis_dir,
         resume=resume,
         reporter=PrintReporter(),
+        categories=categories,
+        inputs=[path for path in (memory_file, coco_json) if path is not None],
     )
 
 
@@ -112,16 +117,30 @@ def predict(
     type=click.Path(dir_okay=False),
     help="Evaluate on these images only: a COCO-style images list, e.g. RESULTS.images.json from predict.",
 )
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the summary as json.")
+@click.option(
+    "--segm-areas",
+    type=click.Choice(["mask", "box"]),
+    default="mask",
+    show_default=True,
+    help="segm only: a result's area (its small/medium/large range) from its mask (result boxes "
+    "dropped, as detectron2) or from its box (plain pycocotools, which keeps result boxes).",
+)
+@output_option("-o", "--output", example="summary.json", help="Also write the summary as json.")
 def eval_command(
     gt: str,
     results: str,
     classes: str | None,
     iou_types: tuple[str, ...],
     images_json: str | None,
+    segm_areas: str,
     output: str | None,
 ) -> None:
     """COCO evaluation (pycocotools, maxDets 100): the 12-number tables for bbox and segm.
+
+    Convention for segm: result boxes are dropped before pycocotools loads the results, so each
+    result's area (which decides APs, APm and APl) is its mask's area, as in detectron2's COCO
+    evaluator. Plain pycocotools keeps a result's box and uses the box's area instead: pass
+    --segm-areas box for its numbers. AP, AP50, AP75 and AR over all areas do not change.
 
     \b
     Example:
@@ -131,6 +150,8 @@ def eval_command(
     from ..evaluate import evaluate, format_table
     from ..targets import read_image_ids
 
+    if output:
+        check_not_input([output], [gt, results, images_json])
     gt_data = load_coco(gt)
     if not iou_types:
         iou_types = ("bbox", "segm")
@@ -138,7 +159,9 @@ def eval_command(
             iou_types = ("bbox",)
             echo("The ground truth has box-only annotations: evaluating bbox only.", err=True)
     image_ids = read_image_ids(images_json) if images_json else None
-    summary = evaluate(gt_data, results, classes=classes, iou_types=iou_types, image_ids=image_ids)
+    summary = evaluate(
+        gt_data, results, classes=classes, iou_types=iou_types, image_ids=image_ids, segm_areas=segm_areas
+    )
     echo(format_table(summary))
     if output:
         write_json(summary, output, indent=2)

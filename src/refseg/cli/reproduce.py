@@ -5,7 +5,15 @@ from __future__ import annotations
 import click
 
 from ..model_spec import ModelSpec
-from .options import CONTEXT_SETTINGS, PrintReporter, RefsegGroup, echo, model_options
+from .options import (
+    CONTEXT_SETTINGS,
+    COUNT,
+    PrintReporter,
+    RefsegGroup,
+    echo,
+    model_options,
+    output_option,
+)
 
 
 @click.group(cls=RefsegGroup, context_settings=CONTEXT_SETTINGS)
@@ -14,7 +22,7 @@ def reproduce() -> None:
 
 
 @reproduce.command("coco-fsod", context_settings=CONTEXT_SETTINGS)
-@click.option("--shots", type=int, default=30, show_default=True, help="References per class.")
+@click.option("--shots", type=COUNT, default=30, show_default=True, help="References per class, >= 1.")
 @click.option("--seed", type=int, default=33, show_default=True, help="Sampling seed.")
 @click.option(
     "--coco-root",
@@ -22,11 +30,9 @@ def reproduce() -> None:
     required=True,
     help="COCO layout: annotations/instances_{train,val}2017.json and {train,val}2017/.",
 )
+@output_option("--out", "out_dir", folder=True, help="Run folder (default runs/coco-fsod-...).")
 @click.option(
-    "--out", "out_dir", type=click.Path(file_okay=False), help="Run folder (default runs/coco-fsod-...)."
-)
-@click.option(
-    "--limit", type=int, help="Only the first N val images (a quick look, not comparable to the paper)."
+    "--limit", type=COUNT, help="Only the first N val images (a quick look, not comparable to the paper)."
 )
 @click.option(
     "--resume", is_flag=True, help="Reuse the run folder's refs and memory and continue predicting."

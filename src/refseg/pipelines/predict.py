@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.coco import category_ids_by_name
 from ..distributed import DistributedContext, distributed_context
 from ..errors import InvalidInputError
+from ..files import check_not_input, check_writable
 from ..memory import MemoryBank
 from ..model_spec import ModelSpec
-from ..runner import PredictSummary, predict_files
+from ..runner import PredictSummary, check_outputs, predict_files
 from ..targets import Target
 from .reporter import Reporter
 
@@ -27,6 +29,8 @@ def predict_images(
     vis_dir: str | os.PathLike | None = None,
     resume: bool = False,
     reporter: Reporter | None = None,
+    categories: Sequence[Mapping[str, Any]] | None = None,
+    inputs: Sequence[str | os.PathLike] = (),
 ) -> PredictSummary | None:
     """Segment ``targets`` with ``memory`` (or a memory built from ``references_dir``).
 
@@ -38,6 +42,10 @@ def predict_images(
         models: the models and settings.
         memory: the memory bank; or ``references_dir``, a folder with one sub-folder per class
             (:func:`refseg.references.add_folder_references`). Exactly one of the two.
+        categories: the categories of the COCO json the targets come from: results carry the
+            id of the category named as each class (:func:`refseg.data.coco.category_ids_by_name`).
+        inputs: other files the run reads (the memory file, the COCO json): no output may be
+            one of them, nor one of the targets.
         Others: as :func:`refseg.runner.predict_files`.
 
     Returns:
@@ -45,21 +53,46 @@ def predict_images(
 
     Raises:
         InvalidInputError: neither or both of ``memory`` and ``references_dir``, no usable
-            reference in the folder, or as :func:`~refseg.runner.predict_files`.
+            reference in the folder, a class not among ``categories``, no image could be read
+            (after the files are written), or as :func:`~refseg.runner.predict_files`.
+        OutputError: an output cannot be written (checked before the models are loaded).
         WeightsUnavailableError: a model cannot be loaded.
     """
     if (memory is None) == (references_dir is None):
         raise InvalidInputError("Give either a memory bank or a reference folder (one sub-folder per class).")
+    check_outputs(output, vis_dir, [*inputs, *(t.path for t in targets)])
+    memory_path = Path(str(output) + ".memory.safetensors")
+    if references_dir is not None:
+        check_writable(memory_path, example="memory.safetensors")
+        check_not_input([memory_path], [*inputs, *(t.path for t in targets)])
     reporter = reporter or Reporter()
     with distributed_context(models.device) as dist:
         segmenter = models.load_segmenter(device=dist.device, memory=memory)
         if references_dir is not None:
-            build_folder_memory(
-                segmenter, references_dir, Path(str(output) + ".memory.safetensors"), dist, reporter
-            )
+            build_folder_memory(segmenter, references_dir, memory_path, dist, reporter)
+        category_ids = json_category_ids(segmenter, categories, "the targets' json", dist, reporter)
         return predict_in_context(
-            segmenter, targets, output, dist, score_threshold, vis_dir, resume, reporter
+            segmenter, targets, output, dist, score_threshold, vis_dir, resume, reporter, category_ids
         )
+
+
+def json_category_ids(
+    segmenter: Any,
+    categories: Sequence[Mapping[str, Any]] | None,
+    source: str,
+    dist: DistributedContext,
+    reporter: Reporter,
+) -> dict[str, int] | None:
+    """The category ids results on a COCO json's images carry (:func:`category_ids_by_name`);
+    the process that reports says which differ from the memory's. None: no categories given."""
+    if not categories:
+        return None
+    own = segmenter.memory.category_ids
+    mapped = category_ids_by_name(own, categories, source)
+    moved = [f"{name} {own[name]} -> {mapped[name]}" for name in mapped if mapped[name] != own[name]]
+    if moved and dist.is_main:
+        reporter.warn(f"category ids taken from {source} by class name: {', '.join(moved)}")
+    return mapped
 
 
 def build_folder_memory(
@@ -73,9 +106,15 @@ def build_folder_memory(
     """
     from ..references import add_folder_references
 
-    report = add_folder_references(segmenter, folder, progress=dist.is_main)
+    def skipped(line: str) -> None:
+        if dist.is_main:  # every process builds the memory; one reports
+            reporter.warn(f"  skipped {line}")
+
+    report = add_folder_references(segmenter, folder, progress=dist.is_main, on_skip=skipped)
     if not segmenter.memory.class_names:
-        raise InvalidInputError(f"No usable positive reference in {folder}: {len(report.skipped)} skipped.")
+        raise InvalidInputError(
+            f"No usable positive reference in {folder}: {len(report.skipped)} skipped (listed above)."
+        )
     if dist.is_main:
         segmenter.memory.save(path)
         reporter.step(segmenter.memory.describe())
@@ -93,12 +132,19 @@ def predict_in_context(
     vis_dir: str | os.PathLike | None,
     resume: bool,
     reporter: Reporter,
+    category_ids: Mapping[str, int] | None = None,
 ) -> PredictSummary | None:
-    """:func:`~refseg.runner.predict_files` on this process's share; the summary where it merged."""
+    """:func:`~refseg.runner.predict_files` on this process's share; the summary where it merged.
+
+    Raises:
+        InvalidInputError: no image of the run could be read (after the files are written and
+            the summary reported: a run that segmented nothing is a failure).
+    """
     summary = predict_files(
         segmenter,
         targets,
         output,
+        category_ids=category_ids,
         resume=resume,
         score_threshold=score_threshold,
         vis_dir=vis_dir,
@@ -110,4 +156,10 @@ def predict_in_context(
     if not summary.merged:
         return None
     reporter.predicted(summary)
+    if summary.total and summary.errors == summary.total:
+        first = summary.error_records[0]
+        raise InvalidInputError(
+            f"None of the {summary.total} image(s) could be read (first: {first['file_name']}: {first['error']}); "
+            f"each is listed in {summary.errors_path}."
+        )
     return summary

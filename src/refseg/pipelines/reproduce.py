@@ -15,11 +15,12 @@ from typing import Any
 from ..data.coco import load_coco, write_json
 from ..distributed import distributed_context
 from ..errors import InvalidInputError
+from ..files import check_writable, check_writable_folder, make_folder
 from ..memory import MemoryBank
 from ..model_spec import ModelSpec
-from ..runner import PredictSummary
-from ..targets import coco_targets, read_json
-from .predict import predict_in_context
+from ..runner import PredictSummary, check_outputs
+from ..targets import coco_targets_and_categories, read_json
+from .predict import json_category_ids, predict_in_context
 from .reporter import Reporter
 
 # METHOD.md section 6: COCO-FSOD novel classes, AP bbox / segm in percent.
@@ -83,25 +84,32 @@ def reproduce_coco_fsod(
 
     Raises:
         InvalidInputError: the COCO layout is incomplete, or as the steps raise.
+        OutputError: the run folder or a file in it cannot be written (checked before any work).
     """
     reporter = reporter or Reporter()
     root = Path(coco_root)
     train_json = root / "annotations" / "instances_train2017.json"
     val_json = root / "annotations" / "instances_val2017.json"
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InvalidInputError(f"limit must be an integer >= 1 (or None for every image), got {limit!r}.")
     for needed in (train_json, val_json, root / "train2017", root / "val2017"):
         if not needed.exists():
             raise InvalidInputError(f"{needed} not found: --coco-root must hold the COCO 2017 layout.")
     run = Path(out_dir or f"runs/coco-fsod-{shots}shot-seed{seed}")
     refs_path, memory_path = run / "refs.json", run / "memory.safetensors"
-    targets = coco_targets(val_json, root / "val2017")
+    check_writable_folder(run)
+    for output in (refs_path, memory_path, run / "summary.json"):
+        check_writable(output)
+    check_outputs(run / "results.json")
+    targets, categories = coco_targets_and_categories(val_json, root / "val2017")
     if limit is not None:
-        targets = targets[: max(0, limit)]
+        targets = targets[:limit]
     settings = models.settings()
 
     with distributed_context(models.device) as dist:
         segmenter = models.load_segmenter(device=dist.device)
         if dist.is_main:
-            run.mkdir(parents=True, exist_ok=True)
+            make_folder(run)
             reuse = resume and refs_path.is_file() and _same_draw(refs_path, shots, seed, reporter)
             if reuse:
                 reporter.step(f"[1/4] references: reusing {refs_path}")
@@ -116,16 +124,22 @@ def reproduce_coco_fsod(
                 from ..references import add_coco_references
 
                 reporter.step("[2/4] building the memory bank")
-                report = add_coco_references(segmenter, load_coco(refs_path), root / "train2017")
+                report = add_coco_references(
+                    segmenter,
+                    load_coco(refs_path),
+                    root / "train2017",
+                    on_skip=lambda line: reporter.warn(f"  skipped {line}"),
+                )
                 if report.skipped:
-                    reporter.warn(f"{len(report.skipped)} reference(s) skipped (see the warnings)")
+                    reporter.warn(f"{len(report.skipped)} reference(s) skipped (listed above)")
                 segmenter.memory.save(memory_path)
         dist.barrier()
         segmenter.memory = MemoryBank.load(memory_path)
         if dist.is_main:
             reporter.step(f"[3/4] predicting {len(targets)} val2017 images")
+        category_ids = json_category_ids(segmenter, categories, str(val_json), dist, reporter)
         predicted = predict_in_context(
-            segmenter, targets, run / "results.json", dist, 0.0, None, resume, reporter
+            segmenter, targets, run / "results.json", dist, 0.0, None, resume, reporter, category_ids
         )
     if predicted is None:
         return None
