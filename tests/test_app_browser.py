@@ -41,6 +41,7 @@ expect = sync_api.expect
 from refseg import MemoryBank, Segmenter  # noqa: E402
 from refseg.app import build_app, launch  # noqa: E402
 from refseg.app.session import supports_negatives  # noqa: E402
+from refseg.masks import decode_mask  # noqa: E402
 
 BLUE_BOX = (20, 20, 60, 60)  # the blue square of the reference picture, x1, y1, x2, y2
 # Every message the page shows, with the Accept/Run buttons' state at that moment (a transient
@@ -373,6 +374,8 @@ def test_image_and_mask_file_pair(page, pictures, tmp_path) -> None:
     page.locator("#mask-upload input[type=file]").set_input_files(str(pictures["square-mask"]))
     expect_message(page, "square-mask.png read")
     assert overlay_src(page, "mask-canvas").startswith("data:image/png")
+    natural = page.locator("#mask-canvas .pc-picture").evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    assert natural == [200, 200]  # the picture under the mask
     fill(page, "class-name", "blue")
     shot(page, "07-mask-file")
     page.locator("#add-masked").dblclick()
@@ -383,12 +386,15 @@ def test_image_and_mask_file_pair(page, pictures, tmp_path) -> None:
     assert (record.source["prompt"], record.source["mask_file"]) == ("mask file", "square-mask.png")
 
 
-def test_the_brush_is_kept_for_painting(page, pictures) -> None:
+def test_the_brush_is_kept_for_painting(page, pictures, tmp_path) -> None:
     upload_reference(page, pictures["reference"])
     page.get_by_role("tab", name="Paint").click()
+    expect(page.locator("#reference-editor")).not_to_contain_text(
+        "select the draw tool to start"
+    )  # the picture
     page.locator("#reference-editor button[aria-label=Brush]").click()
     canvas = page.locator("#reference-editor canvas").first.bounding_box()
-    cx, cy = canvas["x"] + canvas["width"] * 0.65, canvas["y"] + canvas["height"] * 0.65
+    cx, cy = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2  # the picture's centre
     page.mouse.move(cx - 6, cy - 4)
     page.mouse.down()
     page.mouse.move(cx + 6, cy + 4, steps=6)
@@ -402,6 +408,18 @@ def test_the_brush_is_kept_for_painting(page, pictures) -> None:
     expect(page.locator("#references .rl-row")).to_have_count(1)
     expect_message(page, "Added reference #0: red (painted on reference.png)")
     assert "marked by brush" in rows(page)[0]
+    (record,) = downloaded_memory(page, tmp_path).references
+    ys, xs = np.nonzero(decode_mask(record.source["mask"], (200, 200)))
+    assert abs(xs.mean() - 100) < 10 and abs(ys.mean() - 100) < 10  # where the stroke was, on the picture
+    assert len(xs) < 2500  # the stroke, at the picture's scale
+
+    # A picture uploaded while the Paint tab is shown reaches the other tabs when they are chosen.
+    page.locator("#reference-upload input[type=file]").set_input_files(str(pictures["target"]))
+    expect_message(page, "target.png: click the object")
+    page.get_by_role("tab", name="Click or drag").click()
+    expect(page.locator("#reference-canvas .pc-picture")).to_have_js_property("naturalWidth", 240)
+    click(page, 0.5, 0.5)
+    assert overlay_src(page).startswith("data:image/png")
 
 
 def test_double_click_on_accept_adds_once(page, pictures) -> None:

@@ -44,6 +44,10 @@ def wire(page: Page, models: SharedModels) -> Events:
         [page.reference_upload, page.reference_canvas, page.editor, page.mask_canvas, page.add_masked, page.accept, message],
         **MODELS,
     )  # fmt: skip
+    tab_outputs = [page.reference_canvas, page.accept, page.editor, page.mask_canvas, message]
+    page.click_tab.select(guard(events.choose_click), [state], tab_outputs, **MODELS)
+    page.paint_tab.select(guard(events.choose_paint), [state], tab_outputs, **QUIET)
+    page.mask_tab.select(guard(events.choose_mask), [state], tab_outputs, **QUIET)
     page.reference_canvas.prompt(
         guard(events.reference_prompt), [state], canvas_outputs, trigger_mode="multiple", **MODELS
     )

@@ -39,24 +39,59 @@ class MarkingEvents(PageEvents):
             return
         state.picture, state.pair_mask = picture, None
         state.drafts.pop("reference", None)
-        seq = state.seqs.get("reference", 0)
-        shown = picture_view(picture, mode="prompt", seq=seq, caption_text="encoding the picture…")
         yield {
             page.reference_upload: None,
-            page.reference_canvas: show_picture(picture, shown),
-            page.editor: {"background": picture.preview, "layers": [], "composite": None},
-            page.mask_canvas: show_picture(
-                picture, picture_view(picture, mode="view", seq=0, caption_text="Upload its mask above.")
-            ),
+            **self.tab_updates(state),
             page.add_masked: gr.Button(interactive=False),
             page.accept: gr.Button(interactive=False),
             **self.busy(f"encoding {name} ({picture.width}x{picture.height})…"),
         }
         state.drafts["reference"] = draft = start_draft(self.models.base().proposer, picture)
+        shown = {page.reference_canvas: prompt_view(draft, None, state.seqs.get("reference", 0))}
         yield {
-            page.reference_canvas: prompt_view(draft, None, state.seqs.get("reference", 0)),
+            **(shown if state.tab == "click" else {}),
             **self.info(f"{name}: click the object (shift/alt+click: not on it) or drag a box, then Accept."),
         }
+
+    def tab_updates(self, state: SessionState) -> dict:
+        """The picture as the chosen tab shows it. Gradio drops updates to a component in a tab
+        not shown, so each tab gets the picture when it is chosen (the brush's editor only when
+        its picture changed: it holds the user's strokes)."""
+        page, picture = self.page, state.picture
+        if picture is None:
+            return {}
+        if state.tab == "paint":
+            if state.editor_picture == picture.key:
+                return {}
+            state.editor_picture = picture.key
+            return {page.editor: {"background": picture.preview, "layers": [], "composite": None}}
+        if state.tab == "mask":
+            if state.pair_mask is not None:
+                name, mask = state.pair_mask
+                view = mask_view(picture, mask, f"The mask {name} over {picture.name}.")
+            else:
+                view = picture_view(picture, mode="view", seq=0, caption_text="Upload its mask above.")
+            return {page.mask_canvas: show_picture(picture, view)}
+        draft = state.drafts.get("reference")
+        if draft is None or draft.picture is not picture:
+            seq = state.seqs.get("reference", 0)
+            view = picture_view(picture, mode="prompt", seq=seq, caption_text="encoding the picture…")
+            return {page.reference_canvas: show_picture(picture, view)}
+        updates = self.draft_updates(state, "reference", draft)
+        updates[page.reference_canvas] = show_picture(picture, updates[page.reference_canvas])
+        return updates
+
+    def choose_click(self, state: SessionState) -> dict:
+        state.tab = "click"
+        return self.tab_updates(state)
+
+    def choose_paint(self, state: SessionState) -> dict:
+        state.tab = "paint"
+        return self.tab_updates(state)
+
+    def choose_mask(self, state: SessionState) -> dict:
+        state.tab = "mask"
+        return self.tab_updates(state)
 
     def reference_prompt(self, state: SessionState, evt: gr.EventData) -> dict:
         return self.prompt(state, "reference", event_data(evt))

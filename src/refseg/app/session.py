@@ -130,6 +130,9 @@ class SessionState:
         removal: what "Undo removal" restores (None: nothing to undo).
         picture: the reference picture being marked; ``drafts`` the objects being marked on
             it ("reference") and on a result ("result", the missed object).
+        tab: how the picture is being marked ("click", "paint" or "mask"): the page only
+            updates what is shown, so the other ways get the picture when their tab is chosen;
+            ``editor_picture`` is the fingerprint of the picture the brush's editor holds.
         strokes: (picture fingerprint, painted mask) at the last reference added with the
             brush (see :func:`refseg.app.brush.fresh_strokes`).
         pair_mask: (file name, (H, W) mask) of a mask file uploaded for the picture.
@@ -148,6 +151,8 @@ class SessionState:
     saved_version: int = 0
     removal: Removal | None = None
     picture: Picture | None = None
+    tab: str = "click"
+    editor_picture: str | None = None
     drafts: dict[str, Draft] = field(default_factory=dict)
     strokes: tuple[str, np.ndarray] | None = None
     pair_mask: tuple[str, np.ndarray] | None = None

@@ -44,6 +44,9 @@ class Page:
     message: gr.HTML
     reference_upload: gr.File
     class_name: gr.Textbox
+    click_tab: gr.Tab
+    paint_tab: gr.Tab
+    mask_tab: gr.Tab
     reference_canvas: gr.HTML
     undo: gr.Button
     clear: gr.Button
@@ -94,7 +97,7 @@ def _layout(initial: SessionState, score_threshold: float) -> Page:
     gr.Markdown(f"# {TITLE}\n{INTRO}")
     message = message_area(message_html("Upload a reference picture to start."))
     with gr.Row():
-        with gr.Column(scale=1):
+        with gr.Column(scale=1, elem_id="references-column"):
             gr.Markdown("## 1. References")
             reference_upload = gr.File(
                 label="Reference picture (JPEG, PNG, WebP, BMP, TIFF)",
@@ -104,7 +107,7 @@ def _layout(initial: SessionState, score_threshold: float) -> Page:
             )
             class_name = gr.Textbox(label="Class name", placeholder="e.g. cat", elem_id="class-name")
             with gr.Tabs():
-                with gr.Tab("Click or drag", id="click"):
+                with gr.Tab("Click or drag", id="click") as click_tab:
                     reference_canvas = picture_canvas(
                         "reference-canvas", empty_view("Upload a picture to start.")
                     )
@@ -112,7 +115,7 @@ def _layout(initial: SessionState, score_threshold: float) -> Page:
                         undo = gr.Button("Undo", size="sm", elem_id="undo")
                         clear = gr.Button("Clear", size="sm", elem_id="clear")
                         accept = gr.Button("Accept", variant="primary", interactive=False, elem_id="accept")
-                with gr.Tab("Paint", id="paint"):
+                with gr.Tab("Paint", id="paint") as paint_tab:
                     editor = gr.ImageEditor(
                         label="Paint over the object",
                         type="numpy",
@@ -124,7 +127,7 @@ def _layout(initial: SessionState, score_threshold: float) -> Page:
                         elem_id="reference-editor",
                     )
                     add_painted = gr.Button("Add painted reference", variant="primary", elem_id="add-painted")
-                with gr.Tab("Image + mask file", id="mask"):
+                with gr.Tab("Image + mask file", id="mask") as mask_tab:
                     mask_upload = gr.File(
                         label="Its mask (same size; the object's pixels non-zero)",
                         height=100,
@@ -168,7 +171,7 @@ def _layout(initial: SessionState, score_threshold: float) -> Page:
                     interactive=False,
                     elem_id="memory-picture",
                 )
-        with gr.Column(scale=1):
+        with gr.Column(scale=1, elem_id="targets-column"):
             gr.Markdown("## 2. Targets")
             targets = gr.File(label="Target pictures", file_count="multiple", height=120, elem_id="targets")
             run = gr.Button("Run", variant="primary", elem_id="run")
@@ -180,7 +183,7 @@ def _layout(initial: SessionState, score_threshold: float) -> Page:
                 not_class = gr.Button("Not …", size="sm", interactive=False, elem_id="not-class")
                 background = gr.Button("Background", size="sm", interactive=False, elem_id="background")
                 missed = gr.Button("Missed something", size="sm", interactive=False, elem_id="missed")
-            with gr.Row(visible=False, equal_height=True) as missed_row:
+            with gr.Row(visible=False) as missed_row:
                 missed_class = gr.Dropdown(
                     choices=names, label="Class of the missed object", allow_custom_value=True, scale=2,
                     elem_id="missed-class",
