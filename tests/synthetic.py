@@ -2,7 +2,8 @@
 
 A scene is a grey noisy background with textured discs and squares; each class has its own
 colour. :class:`SyntheticEncoder` maps each patch's mean colour to a feature that encodes the
-class (a soft one-hot over the palette), and :class:`SyntheticProposer` finds the objects
+class (a soft one-hot over the palette; with ``lookalikes``, a :data:`LOOKALIKES` colour is seen
+as a mix of classes), and :class:`SyntheticProposer` finds the objects
 in the image itself (connected components of non-background pixels: its "embedding") and
 returns them as SAM2 would, plus the usual noise: a duplicate of each object, a fragment of
 each object, a low-quality proposal below the IoU threshold and background distractors.
@@ -25,6 +26,12 @@ PALETTE = {
     "blue": (40, 70, 220),
     "yellow": (230, 200, 30),
 }
+#: Colours that are no class but that ``SyntheticEncoder(lookalikes=True)`` sees as the mean of
+#: classes: "purple" looks like red and blue alike, so it is nearer to the prototype of a class
+#: made of red and blue examples than those examples are (the distractor of the negative-example
+#: tests).
+LOOKALIKES = {"purple": ((120, 20, 140), ("red", "blue"))}
+COLOURS = {**PALETTE, **{name: colour for name, (colour, _) in LOOKALIKES.items()}}
 
 
 @dataclass
@@ -67,7 +74,7 @@ def make_scene(
                 raise RuntimeError("could not place an object; make the scene larger")
             occupied |= mask
             stripes = 12.0 * np.sin((xx + yy) / 3.0 + rng.random() * 6)
-            colour = np.array(PALETTE[class_name], dtype=np.float64)
+            colour = np.array(COLOURS[class_name], dtype=np.float64)
             image[mask] = np.clip(colour + stripes[mask][:, None], 0, 255)
             scene.masks.append(mask)
             scene.classes.append(class_name)
@@ -76,14 +83,28 @@ def make_scene(
 
 
 class SyntheticEncoder:
-    """Patch features that encode the class: soft one-hot of the patch colour over the palette."""
+    """Patch features that encode the class: soft one-hot of the patch colour over the palette.
 
-    def __init__(self, input_size: int = 518, patch_size: int = 14, sigma: float = 45.0) -> None:
+    With ``lookalikes``, a :data:`LOOKALIKES` colour's feature is the normalised sum of the
+    one-hots of the classes it looks like (the feature size does not change)."""
+
+    def __init__(
+        self, input_size: int = 518, patch_size: int = 14, sigma: float = 45.0, lookalikes: bool = False
+    ) -> None:
         self.patch_size = patch_size
         self.sigma = sigma
         colours = [BACKGROUND, *PALETTE.values()]
+        self.basis = None  # (colours, len(colours) of the palette): the feature of each colour
+        if lookalikes:
+            names = ["background", *PALETTE]
+            basis = torch.eye(len(colours))
+            for colour, looks_like in LOOKALIKES.values():
+                colours.append(colour)
+                mix = sum(basis[names.index(name)] for name in looks_like)
+                basis = torch.cat([basis, (mix / mix.norm())[None]])
+            self.basis = basis
         self.colours = torch.tensor(colours, dtype=torch.float32)  # (P, 3)
-        self.identity = EncoderIdentity("synthetic-colour", "1", input_size, len(colours) + 3)
+        self.identity = EncoderIdentity("synthetic-colour", "1", input_size, len(PALETTE) + 1 + 3)
         self.calls = 0
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -93,6 +114,8 @@ class SyntheticEncoder:
         means = F.avg_pool2d(images.float() * 255.0, self.patch_size)  # (B, 3, h, w)
         distance = ((means.unsqueeze(1) - self.colours[None, :, :, None, None]) ** 2).sum(2)  # (B, P, h, w)
         soft = torch.exp(-distance / (2 * self.sigma**2))
+        if self.basis is not None:
+            soft = torch.einsum("bphw,pc->bchw", soft, self.basis)
         padding = torch.zeros((soft.shape[0], 3, *soft.shape[2:]))
         return torch.cat([soft, padding], dim=1)
 
@@ -236,3 +259,26 @@ def scene_ground_truth(scenes: list[Scene], class_names: list[str]) -> dict:
             )
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
     return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def coco_ap(gt: dict, results: list[dict]) -> dict[str, float]:
+    """pycocotools' AP@[.5:.95] of ``results`` against ``gt``, for bbox and segm (quietly)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(results)
+        stats = {}
+        for iou_type in ("bbox", "segm"):
+            evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+            stats[iou_type] = float(evaluator.stats[0])
+    return stats

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import tiny_sam2_config
+from tiny_models import tiny_sam2_config, trained_looking_sam2
 from transformers import Dinov2Model, Dinov2WithRegistersModel, Sam2Config, Sam2Model
 
 import refseg.models.sam2.fast_decoder as fast_decoder
@@ -197,7 +197,7 @@ def test_decode_boxes_equal_direct_single_mask(tiny_models, sam2_reference, tiny
 def prompted(tiny_image):
     """A proposer on a decoder with O(1) weights (the tiny init gives logits ~1e-5, which any
     tolerance would pass), its embedding of the tiny image and a direct ``Sam2Model`` call."""
-    proposer = Sam2Proposer(_trained_looking_decoder(2), device="cpu")
+    proposer = Sam2Proposer(trained_looking_sam2(2), device="cpu")
     embedding = proposer.embed(tiny_image)
 
     def direct(multimask_output: bool, **prompts: torch.Tensor):
@@ -425,27 +425,6 @@ def test_fast_decoder_equals_stock_with_more_heads(tiny_image):
     )
 
 
-def _trained_looking_decoder(depth: int) -> Sam2Model:
-    """The tiny SAM2 with every decoder parameter random and O(1) (the tiny init gives logits
-    ~1e-5) and LayerNorms around 1 with non-zero biases."""
-    parts = tiny_sam2_config().to_dict()
-    parts["mask_decoder_config"].update(num_hidden_layers=depth)
-    torch.manual_seed(11)
-    model = Sam2Model(
-        Sam2Config(**{k: parts[k] for k in ("vision_config", "prompt_encoder_config", "mask_decoder_config")})
-    )
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for parameter in model.mask_decoder.parameters():
-            noise = torch.randn(parameter.shape, generator=generator)
-            fan_in = parameter[0].numel() if parameter.dim() > 1 else 1
-            parameter.copy_(noise / fan_in**0.5 if parameter.dim() > 1 else 0.3 * noise)
-        for module in model.mask_decoder.modules():
-            if isinstance(module, torch.nn.LayerNorm) or module.__class__.__name__.endswith("LayerNorm"):
-                module.weight.add_(1.0)
-    return model
-
-
 def _assert_fast_equals_stock(
     model: Sam2Model, tiny_image, scale: float = 1.0, offset: float = 1.0, options: Sam2Options | None = None
 ) -> None:
@@ -482,14 +461,14 @@ def test_fast_decoder_equals_stock_with_trained_looking_norms(tiny_image, depth,
     norm and bias, and also try a three-block decoder (both are written for any depth), with
     and without the low-rank tokens, with the chain and with the direct conv1 product."""
     options = Sam2Options(conv1_chain=chain, low_rank_tokens=low_rank)
-    _assert_fast_equals_stock(_trained_looking_decoder(depth), tiny_image, options=options)
+    _assert_fast_equals_stock(trained_looking_sam2(depth), tiny_image, options=options)
 
 
 @pytest.mark.parametrize(("scale", "offset"), [(0.1, 0.1), (30.0, 0.0), (1.0, 30.0)])
 def test_low_rank_tokens_hold_for_small_large_and_offset_features(tiny_image, scale, offset):
     """The low-rank LayerNorm statistics are sums of expanded terms: features far from O(1), or
     with channel means far larger than their spread, must not lose what cancels."""
-    _assert_fast_equals_stock(_trained_looking_decoder(2), tiny_image, scale, offset)
+    _assert_fast_equals_stock(trained_looking_sam2(2), tiny_image, scale, offset)
 
 
 def test_bfloat16_runs_and_stays_close(tiny_sam2_dir, tiny_image):

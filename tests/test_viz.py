@@ -276,9 +276,9 @@ def test_picture_references_finds_images_and_masks_from_the_recorded_sources(tin
     memory_path, coco_path, scene = tiny_bank
     bank = MemoryBank.load(memory_path)
     found, skipped = picture_references(bank, images_dir=tmp_path, coco=json.loads(coco_path.read_text()))
-    assert [name for _, _, name in found] == ["red", "red", "blue"]
-    for (_, mask, _), expected in zip(found, scene.masks[:3], strict=True):
-        assert np.array_equal(mask, expected)
+    assert [r.class_name for r in found] == ["red", "red", "blue"]
+    for reference, expected in zip(found, scene.masks[:3], strict=True):
+        assert np.array_equal(reference.mask, expected)
     assert len(skipped) == 1 and "missing.png" in skipped[0]
     # Without the COCO json the annotation-id reference cannot be found again.
     found, skipped = picture_references(bank, images_dir=tmp_path)
@@ -292,8 +292,8 @@ def test_picture_references_finds_images_and_masks_from_the_recorded_sources(tin
         calls.append(list(box))
         return scene.masks[0]
 
-    found, _ = picture_references(bank, images_dir=tmp_path, box_to_mask=box_to_mask, max_per_class=1)
-    assert calls == [[0, 0, 20, 20]] and [name for _, _, name in found] == ["red"]
+    found, _ = picture_references(bank, images_dir=tmp_path, prompt_to_mask=box_to_mask, max_per_class=1)
+    assert calls == [[0, 0, 20, 20]] and [r.class_name for r in found] == ["red"]
 
 
 def test_memory_show_command_writes_the_picture(tiny_bank, tiny_dinov2_dir, tmp_path) -> None:

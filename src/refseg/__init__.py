@@ -16,7 +16,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 from .errors import EncoderMismatchError, InvalidInputError, RefsegError, WeightsUnavailableError
-from .presets import FAST, PAPER, PRESETS, Preset, get_preset
+from .presets import FAST, PAPER, PAPER_NEG, PRESETS, Preset, get_preset
 
 if TYPE_CHECKING:
     from .instances import Instances
@@ -30,6 +30,7 @@ _LAZY = {"Instances": ".instances", "MemoryBank": ".memory", "Segmenter": ".segm
 __all__ = [
     "FAST",
     "PAPER",
+    "PAPER_NEG",
     "PRESETS",
     "EncoderMismatchError",
     "Instances",

@@ -22,11 +22,13 @@ from .errors import InvalidInputError, RefsegError
 from .masks import decode_mask, segmentation_to_mask
 from .memory import MemoryBank, ReferenceRecord
 from .models.base import Encoder
+from .viz import PictureReference
 
 logger = logging.getLogger(__name__)
 
-#: ``box_to_mask(image (H, W, 3) uint8, box (x1, y1, x2, y2)) -> (H, W) bool``.
-BoxToMask = Callable[[np.ndarray, Sequence[float]], np.ndarray]
+#: ``prompt_to_mask(image (H, W, 3) uint8, box (x1, y1, x2, y2) or None, points ((x, y), ...) or None,
+#: point_labels (1/0, ...) or None) -> (H, W) bool``: SAM2 from the prompts a reference recorded.
+PromptToMask = Callable[..., np.ndarray]
 
 
 @dataclass
@@ -57,16 +59,16 @@ def reference_mask(
     record: ReferenceRecord,
     image: np.ndarray,
     annotation: Mapping[str, Any] | None,
-    box_to_mask: BoxToMask | None,
+    prompt_to_mask: PromptToMask | None,
 ) -> np.ndarray:
     """The (H, W) bool mask of a reference from what its source recorded.
 
     In order: the mask the web app stored (``mask``), a mask file (``mask_file``), the COCO
-    ``annotation`` (its segmentation, else its box), or the recorded ``box``; a box becomes a
-    mask through ``box_to_mask``.
+    ``annotation`` (its segmentation, else its box), or the recorded prompts (``points`` with
+    their ``point_labels``, and/or ``box``); prompts become a mask through ``prompt_to_mask``.
 
     Raises:
-        InvalidInputError: nothing usable was recorded, or only a box and no ``box_to_mask``.
+        InvalidInputError: nothing usable was recorded, or only prompts and no ``prompt_to_mask``.
     """
     from .data.coco import has_segmentation
     from .references import read_mask
@@ -77,18 +79,20 @@ def reference_mask(
         return decode_mask(source["mask"], (height, width))
     if source.get("mask_file"):
         return decode_mask(read_mask(source["mask_file"]), (height, width))
-    box = source.get("box")
+    box, points, labels = source.get("box"), source.get("points"), source.get("point_labels")
     if annotation is not None:
         if has_segmentation(annotation):
             return segmentation_to_mask(annotation["segmentation"], height, width)
         if "bbox" in annotation:
             x, y, w, h = (float(v) for v in annotation["bbox"])
-            box = [x, y, x + w, y + h]
-    if box is not None:
-        if box_to_mask is None:
-            raise InvalidInputError("only its box is known and SAM2 is not available to make the mask")
-        return box_to_mask(image, box)
-    raise InvalidInputError("its source records no mask, mask file, COCO annotation or box")
+            box, points, labels = [x, y, x + w, y + h], None, None
+    if box is not None or points is not None:
+        if prompt_to_mask is None:
+            raise InvalidInputError("only its prompts are known and SAM2 is not available to make the mask")
+        if points is None:
+            return prompt_to_mask(image, box)
+        return prompt_to_mask(image, box, points, labels)
+    raise InvalidInputError("its source records no mask, mask file, COCO annotation, box or points")
 
 
 def picture_references(
@@ -96,71 +100,81 @@ def picture_references(
     *,
     images_dir: str | os.PathLike | None = None,
     coco: Mapping[str, Any] | None = None,
-    box_to_mask: BoxToMask | None = None,
+    prompt_to_mask: PromptToMask | None = None,
     max_per_class: int | None = None,
     classes: Sequence[str] | None = None,
-) -> tuple[list[tuple[np.ndarray, np.ndarray, str]], list[str]]:
+) -> tuple[list[PictureReference], list[str]]:
     """Find each reference's image and mask again from the provenance the bank stored.
 
     The bank keeps features, not pictures; its reference sources say where they came from:
     ``file`` / ``file_name`` (image path, relative ones looked up under ``images_dir``), and
     ``mask`` (RLE or polygons, written by the web app), ``mask_file`` (folder references),
-    ``annotation_id`` (found in ``coco``) or ``box`` (made into a mask by ``box_to_mask``).
+    ``annotation_id`` (found in ``coco``) or the prompts ``box`` / ``points`` (made into a
+    mask by ``prompt_to_mask``).
 
     Args:
-        max_per_class: at most this many references of each class (the first found).
-        classes: only references of these classes (default: all).
+        max_per_class: at most this many positive references of each class, and as many
+            negative ones (the first found).
+        classes: only references of these classes (default: all, background negatives too).
 
     Returns:
-        (image (H, W, 3) uint8, mask (H, W) bool, class name) per reference found, and one
-        "why" line per reference skipped.
+        A :class:`~refseg.viz.PictureReference` (image (H, W, 3) uint8, mask (H, W) bool, class
+        name, negative) per reference found, and one "why" line per reference skipped.
     """
     from .data.images import load_image
 
     folder = Path(images_dir) if images_dir is not None else None
     annotations = {a.get("id"): a for a in (coco or {}).get("annotations", [])}
     coco_images = {i.get("id"): i for i in (coco or {}).get("images", [])}
-    found: list[tuple[np.ndarray, np.ndarray, str]] = []
+    found: list[PictureReference] = []
     skipped: list[str] = []
-    per_class: dict[str, int] = {}
+    per_class: dict[tuple[str | None, bool], int] = {}
     for record in bank.references:
         if classes is not None and record.class_name not in classes:
             continue
-        if max_per_class is not None and per_class.get(record.class_name, 0) >= max_per_class:
+        kind = (record.class_name, record.negative)
+        if max_per_class is not None and per_class.get(kind, 0) >= max_per_class:
             continue
         source = record.source
         name = source.get("file") or source.get("file_name")
         if not name and source.get("image_id") in coco_images:
             name = coco_images[source["image_id"]].get("file_name")
         path = find_file(name, folder)
-        label = f"reference {record.ref_id} ({record.class_name})"
+        what = record.class_name if not record.negative else f"not {record.class_name or 'any class'}"
+        label = f"reference {record.ref_id} ({what})"
         if path is None:
             where = f"{name!r} not found" if name else "no image file recorded"
             skipped.append(f"{label}: {where}; pass --images DIR")
             continue
         try:
             image = load_image(path)
-            mask = reference_mask(record, image, annotations.get(source.get("annotation_id")), box_to_mask)
+            mask = reference_mask(record, image, annotations.get(source.get("annotation_id")), prompt_to_mask)
         except RefsegError as error:
             skipped.append(f"{label}: {error}")
             continue
-        found.append((image, mask, record.class_name))
-        per_class[record.class_name] = per_class.get(record.class_name, 0) + 1
+        found.append(PictureReference(image, mask, record.class_name, record.negative))
+        per_class[kind] = per_class.get(kind, 0) + 1
     return found, skipped
 
 
-def lazy_box_to_mask(load_proposer: Callable[[], Any], encoder: Encoder) -> BoxToMask:
-    """A box -> mask function that loads SAM2 (``load_proposer()``) on its first call only."""
+def lazy_prompt_to_mask(load_proposer: Callable[[], Any], encoder: Encoder) -> PromptToMask:
+    """A prompts -> mask function (:data:`PromptToMask`) that loads SAM2 (``load_proposer()``)
+    on its first call only and answers as :meth:`refseg.Segmenter.reference_mask`."""
     segmenter: list[Any] = []
 
-    def box_to_mask(image: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    def prompt_to_mask(
+        image: np.ndarray,
+        box: Sequence[float] | None,
+        points: Sequence[Sequence[float]] | None = None,
+        point_labels: Sequence[int] | None = None,
+    ) -> np.ndarray:
         if not segmenter:
             from .segmenter import Segmenter
 
             segmenter.append(Segmenter(load_proposer(), encoder))
-        return segmenter[0].reference_mask(image, box=box)
+        return segmenter[0].reference_mask(image, box=box, points=points, point_labels=point_labels)
 
-    return box_to_mask
+    return prompt_to_mask
 
 
 def picture_memory(
@@ -169,13 +183,14 @@ def picture_memory(
     *,
     images_dir: str | os.PathLike | None = None,
     coco: Mapping[str, Any] | None = None,
-    box_to_mask: BoxToMask | None = None,
+    prompt_to_mask: PromptToMask | None = None,
     classes: Sequence[str] | None = None,
     max_per_class: int | None = 8,
     tile_size: int = 128,
     on_skip: Callable[[str], None] | None = None,
 ) -> MemoryPicture:
-    """The memory picture of a bank's references, cropped with the bank's context ratio.
+    """The memory picture of a bank's references, cropped with the bank's context ratio;
+    negative references framed in red, "not <class>" (:func:`refseg.viz.memory_picture`).
 
     Args:
         encoder: the bank's encoder (checked against the bank).
@@ -200,7 +215,7 @@ def picture_memory(
         bank,
         images_dir=images_dir,
         coco=coco,
-        box_to_mask=box_to_mask,
+        prompt_to_mask=prompt_to_mask,
         max_per_class=max_per_class,
         classes=classes,
     )

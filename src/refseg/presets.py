@@ -1,5 +1,6 @@
 """Named settings. ``paper`` is exactly the method of METHOD.md; every other preset is a
-documented departure from it."""
+documented departure from it: ``paper-neg`` adds negative references to the paper's method,
+``fast`` uses small models, a coarser grid and negative references."""
 
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ class Preset:
         max_instances: instances returned per image.
         context_ratio: reference crop side = (1 + context_ratio) * max(box width, box height).
         dtype: "float32" (paper) or "bfloat16" (opt-in speed).
+        negatives: use the memory's negative references when scoring (a departure from the
+            paper, which has none): a proposal whose nearest example of a class is a "not this
+            class" one (or a background one) is not that class
+            (:func:`refseg.matching.nearest_example_vetoes`). No effect on a memory without
+            negatives; ``paper`` has it off, so its output never depends on them.
     """
 
     name: str = "paper"
@@ -43,6 +49,7 @@ class Preset:
     max_instances: int = 100
     context_ratio: float = 0.2
     dtype: str = "float32"
+    negatives: bool = False
 
     def replace(self, **changes: object) -> Preset:
         """A copy with some settings changed (``None`` values are ignored)."""
@@ -57,14 +64,18 @@ class Preset:
 
 PAPER = Preset()
 
+#: The paper's models and settings, plus the memory's negative references (``negatives``).
+PAPER_NEG = dataclasses.replace(PAPER, name="paper-neg", negatives=True)
+
 FAST = Preset(
     name="fast",
     sam2_id="facebook/sam2.1-hiera-tiny",
     encoder_id="facebook/dinov2-small",
     points_per_side=16,
+    negatives=True,
 )
 
-PRESETS: dict[str, Preset] = {"paper": PAPER, "fast": FAST}
+PRESETS: dict[str, Preset] = {"paper": PAPER, "paper-neg": PAPER_NEG, "fast": FAST}
 
 
 def get_preset(name: str | Preset) -> Preset:

@@ -29,7 +29,10 @@ def memory() -> None:
 
 @memory.command("build", context_settings=CONTEXT_SETTINGS)
 @click.option(
-    "--refs", type=click.Path(dir_okay=False), help="References as a COCO json (e.g. from `refseg sample`)."
+    "--refs",
+    type=click.Path(dir_okay=False),
+    help='References as a COCO json (e.g. from `refseg sample`); an annotation with "negative": true '
+    "is a negative example.",
 )
 @click.option(
     "--images", type=click.Path(file_okay=False), help="Folder the --refs images' file_name are relative to."
@@ -37,7 +40,8 @@ def memory() -> None:
 @click.option(
     "--folder",
     type=click.Path(file_okay=False),
-    help="A folder with one sub-folder per class holding image + mask pairs (x.jpg + x.mask.png or x_mask.png).",
+    help="A folder with one sub-folder per class holding image + mask pairs (x.jpg + x.mask.png or "
+    "x_mask.png); CLASS/negatives/ holds pairs of what is not CLASS, _background/ pairs of no class.",
 )
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False), required=True, help="The memory file to write."
@@ -52,6 +56,11 @@ def memory_build(
     turned into masks by SAM2 from their box. Each class keeps its COCO category id. With
     --folder, class names are the sub-folder names and category ids 1..K in name order; a mask
     is an image whose white (or 1) pixels mark the object.
+
+    Negative examples ("not this class") are kept beside the positives: with --refs, the
+    annotations with "negative": true (of their category; with "category_id": null, of no class);
+    with --folder, the pairs in CLASS/negatives/ and, of no class, in _background/. Presets
+    with negatives on (paper-neg, fast) use them when predicting; paper ignores them.
 
     \b
     Examples:
@@ -72,9 +81,10 @@ def memory_build(
     else:
         report = add_folder_references(segmenter, folder)
     bank = segmenter.memory
-    if len(bank) == 0:
+    if not bank.class_names:
         raise InvalidInputError(
-            f"No usable reference: all {len(report.skipped)} were skipped (see the warnings)."
+            f"No usable positive reference ({report.added} added, {len(report.skipped)} skipped; see the "
+            "warnings): a memory needs at least one example of a class."
         )
     path = bank.save(output)
     echo(bank.describe())
@@ -88,7 +98,8 @@ def memory_build(
 @memory.command("info", context_settings=CONTEXT_SETTINGS)
 @click.argument("memory_file", type=click.Path(dir_okay=False))
 def memory_info(memory_file: str) -> None:
-    """Print what a memory file holds: classes, counts, category ids, encoder, version, size.
+    """Print what a memory file holds: classes, positive and negative references per class,
+    background negatives, category ids, encoder, version, size.
 
     \b
     Example:
@@ -140,7 +151,8 @@ def _human_size(size: float) -> str:
     choices=("encoder", "sam2", "device"),
     help_texts={
         "encoder": "DINOv2 hub id or directory (default: the one the bank records).",
-        "sam2": "SAM2 hub id or directory, only for references known by a box (default: the paper preset's).",
+        "sam2": "SAM2 hub id or directory, only for references known by a box or points "
+        "(default: the paper preset's).",
     },
 )
 @click.option("--classes", default=None, help="Only these classes, comma-separated (default: all).")
@@ -161,7 +173,8 @@ def show_memory_command(
 
     The first three principal components of all references' patch features are shown as RGB,
     so parts the encoder finds alike get alike colours; patches outside the mask are dimmed.
-    Crops are cut with the context ratio the memory file records.
+    Crops are cut with the context ratio the memory file records. Negative references are
+    framed in red and labelled "not CLASS"; background ones share a last row, "(no class)".
 
     \b
     Example:
@@ -169,7 +182,7 @@ def show_memory_command(
     """
     import dataclasses
 
-    from ..memory_pictures import lazy_box_to_mask, picture_memory
+    from ..memory_pictures import lazy_prompt_to_mask, picture_memory
 
     bank = MemoryBank.load(memory_path)
     if len(bank) == 0:
@@ -182,7 +195,7 @@ def show_memory_command(
         encoder,
         images_dir=images_dir,
         coco=coco,
-        box_to_mask=lazy_box_to_mask(models.load_proposer, encoder),
+        prompt_to_mask=lazy_prompt_to_mask(models.load_proposer, encoder),
         classes=None if classes is None else [c.strip() for c in classes.split(",") if c.strip()],
         max_per_class=max_per_class,
         tile_size=tile_size,

@@ -23,7 +23,7 @@ class RefsegGroup(click.Group):
         try:
             return super().invoke(ctx)
         except RefsegError as error:
-            raise click.ClickException(str(error)) from None
+            raise click.ClickException(printable(str(error))) from None
 
 
 class DefaultCommandGroup(RefsegGroup):
@@ -48,13 +48,23 @@ def refseg_errors(function: Callable) -> Callable:
         try:
             return function(*args, **kwargs)
         except RefsegError as error:
-            raise click.ClickException(str(error)) from error
+            raise click.ClickException(printable(str(error))) from error
 
     return wrapper
 
 
+def printable(text: str) -> str:
+    """``text`` with lone surrogates (the undecodable bytes of a file name, as Python reads
+    them) written as ``\\udcxx`` escapes, so printing it never fails, whatever the terminal."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def echo(message: str = "", *, err: bool = False) -> None:
-    click.echo(message, err=err)
+    click.echo(printable(message), err=err)
 
 
 class PrintReporter(Reporter):
@@ -92,7 +102,8 @@ def print_predict_summary(summary: Any) -> None:
 
 MODEL_HELP: dict[str, str] = {
     "preset": "Named settings: 'paper' is the paper's method (SAM2 Hiera-L, DINOv2-L, 32x32 points); "
-    "'fast' uses SAM2.1 tiny, DINOv2-S and 16x16 points.",
+    "'paper-neg' is paper plus the memory's negative examples; 'fast' uses SAM2.1 tiny, DINOv2-S, "
+    "16x16 points and negative examples.",
     "sam2": "SAM2 hub id or local directory (overrides the preset).",
     "encoder": "DINOv2 hub id or local directory (overrides the preset).",
     "device": "cpu, cuda, cuda:1... (default: CUDA when available).",

@@ -33,17 +33,37 @@ class Proposals:
         return Proposals(self.low_res_logits[index], self.predicted_iou[index], self.points[index])
 
 
+#: The kind of :attr:`EncoderIdentity.fingerprint`: sha256 of the first and last weight tensors,
+#: 16 hex digits (what refseg 0.1.0 computed and wrote; kept so that files stay comparable).
+LEGACY_FINGERPRINT_KIND = "first-last-sha256-16"
+
+
 @dataclass(frozen=True)
 class EncoderIdentity:
-    """What a memory bank must agree on with the encoder that uses it."""
+    """What a memory bank must agree on with the encoder that uses it.
+
+    Attributes:
+        name, revision: where the weights came from (messages; compared only when no
+            fingerprint is shared).
+        input_size: side of the square encoder input.
+        feature_dim: feature size C.
+        fingerprint: a hash of the weights of kind :data:`LEGACY_FINGERPRINT_KIND` (two tensors
+            only), the one refseg 0.1.0 wrote and compares; "" if unknown.
+        fingerprints: further ``(kind, hex digest)`` pairs, e.g. ``("all-weights-sha256-v1",
+            ...)`` (:func:`refseg.models.dinov2.weights_fingerprints`). Kinds are compared like
+            with like (:meth:`mismatch`).
+    """
 
     name: str
     revision: str
     input_size: int
     feature_dim: int
-    fingerprint: str = ""  # hash of some weights: same model from hub id or local dir agrees
+    fingerprint: str = ""  # LEGACY_FINGERPRINT_KIND: same model from hub id or local dir agrees
+    fingerprints: tuple[tuple[str, str], ...] = ()
 
     def as_dict(self) -> dict[str, object]:
+        """The fields refseg 0.1.0 reads (its file's ``encoder`` entry); see :attr:`fingerprints`
+        for the rest."""
         return {
             "name": self.name,
             "revision": self.revision,
@@ -52,15 +72,31 @@ class EncoderIdentity:
             "fingerprint": self.fingerprint,
         }
 
+    def fingerprints_by_kind(self) -> dict[str, str]:
+        """Every known fingerprint, kind -> hex digest (the legacy one included)."""
+        found = {kind: digest for kind, digest in self.fingerprints if digest}
+        if self.fingerprint:
+            found.setdefault(LEGACY_FINGERPRINT_KIND, self.fingerprint)
+        return found
+
     def mismatch(self, other: EncoderIdentity) -> str | None:
-        """Why features of ``self`` and ``other`` cannot be compared, or None if they can."""
+        """Why features of ``self`` and ``other`` cannot be compared, or None if they can.
+
+        Fingerprints are compared kind by kind, for the kinds both sides know: one differing
+        kind is a mismatch. A file of refseg 0.1.0 knows only the legacy kind (two tensors), so
+        against it only those two tensors are compared; a file written since also records
+        the hash of all weights, and an encoder with any weight changed is refused.
+        """
         if self.feature_dim != other.feature_dim:
             return f"feature size {self.feature_dim} vs {other.feature_dim}"
         if self.input_size != other.input_size:
             return f"input size {self.input_size} vs {other.input_size}"
-        if self.fingerprint and other.fingerprint:
-            if self.fingerprint != other.fingerprint:
-                return f"different weights ({self.name} vs {other.name})"
+        mine, theirs = self.fingerprints_by_kind(), other.fingerprints_by_kind()
+        shared = sorted(mine.keys() & theirs.keys())
+        if shared:
+            differing = [kind for kind in shared if mine[kind] != theirs[kind]]
+            if differing:
+                return f"different weights ({self.name} vs {other.name}; {', '.join(differing)} differ)"
             return None
         if self.name != other.name:
             return f"encoder {self.name} vs {other.name}"

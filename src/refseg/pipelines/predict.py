@@ -65,16 +65,17 @@ def predict_images(
 def build_folder_memory(
     segmenter: Any, folder: str | os.PathLike, path: Path, dist: DistributedContext, reporter: Reporter
 ) -> Path:
-    """Encode a class-per-sub-folder reference layout on every process; rank 0 saves it to ``path``.
+    """Encode a class-per-sub-folder reference layout (with its negatives) on every process; rank 0
+    saves it to ``path``.
 
     Raises:
-        InvalidInputError: no usable reference in the folder.
+        InvalidInputError: no usable positive reference in the folder.
     """
     from ..references import add_folder_references
 
     report = add_folder_references(segmenter, folder, progress=dist.is_main)
-    if len(segmenter.memory) == 0:
-        raise InvalidInputError(f"No usable reference in {folder}: {len(report.skipped)} skipped.")
+    if not segmenter.memory.class_names:
+        raise InvalidInputError(f"No usable positive reference in {folder}: {len(report.skipped)} skipped.")
     if dist.is_main:
         segmenter.memory.save(path)
         reporter.step(segmenter.memory.describe())
