@@ -150,7 +150,7 @@ def server_large_reference(segmenter: Segmenter, path: Path) -> dict[str, float]
         )
     )
     mask_s, mask = timed(lambda: draft.draft_mask(segmenter.proposer, marking))
-    source = {**draft.describe_prompts(marking.prompts), "file": picture.name}
+    source = {**draft.describe_prompts(marking.prompts, picture.width, picture.height), "file": picture.name}
     add_s, _ = timed(
         lambda: actions.add_reference(models, state, "green", picture.pixels, mask, source=source)
     )

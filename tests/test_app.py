@@ -99,6 +99,42 @@ def test_remove_and_undo_the_last_removal(models, scene) -> None:
         actions.remove_class(SessionState(), "red")
 
 
+def test_negative_examples_of_a_class_and_of_the_background(models, scene, tmp_path) -> None:
+    state = SessionState(workdir=str(tmp_path))
+    red = _add(models, state, "red", scene, 0)
+    not_red = actions.add_reference(
+        models,
+        state,
+        "red",
+        scene.image,
+        scene.masks[2],
+        source={"prompt": "result", "file": "t.png"},
+        negative=True,
+    )
+    wall = actions.add_reference(
+        models, state, None, scene.image, scene.masks[4], source={"prompt": "result"}, negative=True
+    )
+    with pytest.raises(InvalidInputError, match="class name"):
+        _add(models, state, None, scene, 1)  # a positive needs its class
+    rows = references_view.reference_rows(state)
+    assert [(r["id"], r["class"], r["kind"], r["marked"]) for r in rows] == [
+        (red, "red", "positive", "mask"),  # the segmenter says how, when the source does not
+        (not_red, "red", "negative", "picked in a result"),
+        (wall, "background", "negative", "picked in a result"),
+    ]
+    assert "3 reference(s), 2 of them negative in 1 class(es): red 1" in references_view.memory_summary(state)
+    saved = MemoryBank.load(actions.memory_file(state))
+    assert [r.negative for r in saved.references] == [False, True, True] and saved.references[
+        2
+    ].class_name is None
+    assert (
+        actions.session_memory_picture(models, state, tile_size=32).size[1] > 2 * 32
+    )  # a row per class + background
+    actions.remove_reference(state, wall)
+    assert actions.undo_removal(state) == f"reference #{wall} (background)"
+    assert [r.ref_id for r in state.bank.references] == [red, not_red, wall]
+
+
 def test_the_memory_file_always_matches_the_memory(models, scene, tmp_path) -> None:
     state = SessionState(workdir=str(tmp_path))
     assert actions.memory_file(state) is None

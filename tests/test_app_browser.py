@@ -40,7 +40,6 @@ expect = sync_api.expect
 
 from refseg import MemoryBank, Segmenter  # noqa: E402
 from refseg.app import build_app, launch  # noqa: E402
-from refseg.app.session import supports_negatives  # noqa: E402
 from refseg.masks import decode_mask  # noqa: E402
 
 BLUE_BOX = (20, 20, 60, 60)  # the blue square of the reference picture, x1, y1, x2, y2
@@ -107,12 +106,6 @@ def app_url(tiny_models):
     url = launch(demo, host="127.0.0.1", port=_free_port(), block=False, quiet=True)
     yield url
     demo.close()
-
-
-@pytest.fixture(scope="module")
-def negatives(tiny_models) -> bool:
-    proposer, encoder = tiny_models
-    return supports_negatives(Segmenter(proposer, encoder))
 
 
 @pytest.fixture
@@ -488,7 +481,7 @@ def test_reference_list_remove_undo_download_and_leaving(page, pictures, tmp_pat
 # --------------------------------------------------------------------------- results and corrections
 
 
-def test_results_view_and_negatives_from_a_click(page, pictures, negatives, tmp_path) -> None:
+def test_results_view_and_negatives_from_a_click(page, pictures, tmp_path) -> None:
     add_by_points(page, pictures, "blue")
     page.evaluate(RECORD_MESSAGES)
     run_targets(page, pictures, "target", "reference")
@@ -519,8 +512,6 @@ def test_results_view_and_negatives_from_a_click(page, pictures, negatives, tmp_
     expect(page.locator("#not-class")).to_have_text("Not blue")
     expect(page.locator("#not-class")).to_be_enabled()
     shot(page, "10-result-selected")
-    if not negatives:
-        pytest.skip("this refseg's Segmenter takes no negative examples yet (issue 13)")
     page.locator("#not-class").click()
     expect_message(page, re.compile(r"as a negative example of blue \(#1\)\. Run again to see the effect\."))
     expect(page.locator("#references .rl-row")).to_have_count(2)
@@ -620,7 +611,6 @@ def test_badge_check_sees_gradios_error_badge(app_url) -> None:
         demo.close()
 
 
-@pytest.mark.slow
 def test_a_large_picture_travels_small_and_maps_to_original_pixels(page, tmp_path) -> None:
     rng = np.random.default_rng(0)
     big = np.zeros((6000, 8000, 3), np.uint8)

@@ -146,19 +146,56 @@ def test_event_data_becomes_prompts_in_original_pixels() -> None:
 
 def test_prompts_in_the_segmenters_convention_and_in_the_memory_file() -> None:
     prompts = [draft.Prompt("pos", 10.5, 20.5), draft.Prompt("box", 1, 2, 30, 40), draft.Prompt("neg", 3.5, 4.5),
-               draft.Prompt("box", 5, 6, 70, 80)]  # fmt: skip
-    points, labels, box = draft.prompt_arrays(prompts)
-    assert points.tolist() == [[10.0, 20.0], [3.0, 4.0]] and labels.tolist() == [1, 0]
-    assert box.tolist() == [5, 6, 70, 80]  # the last box counts
-    assert draft.describe_prompts(prompts) == {
-        "prompt": "points + box",
-        "points": [[10.0, 20.0], [3.0, 4.0]],
-        "point_labels": [1, 0],
+               draft.Prompt("box", 5, 6, 70, 80), draft.Prompt("neg", 0.2, 99.9)]  # fmt: skip
+    points, labels, box = draft.prompt_arrays(prompts, 100, 100)
+    assert points.tolist() == [[10.0, 20.0], [3.0, 4.0], [0.0, pytest.approx(99.4)]]  # kept inside
+    assert labels.tolist() == [1, 0, 0] and box.tolist() == [5, 6, 70, 80]  # the last box counts
+    assert draft.describe_prompts(prompts, 100, 100) == {
+        "prompt": "box+points",
         "box": [5.0, 6.0, 70.0, 80.0],
+        "points": [[10.0, 20.0], [3.0, 4.0], [0.0, pytest.approx(99.4)]],
+        "point_labels": [1, 0, 0],
     }
-    assert draft.describe_prompts([draft.Prompt("box", 1, 2, 3, 4)])["prompt"] == "box"
-    assert draft.prompt_arrays([]) == (None, None, None)
-    assert draft.caption(prompts) == "1 point(s) on the object, 1 point(s) not on it, a box"
+    assert draft.describe_prompts([draft.Prompt("box", 1, 2, 3, 4)], 10, 10)["prompt"] == "box"
+    assert draft.describe_prompts([], 10, 10) == {} and draft.prompt_arrays([], 10, 10) == (None, None, None)
+    with pytest.raises(InvalidInputError, match="Every point is labelled 0"):
+        draft.reference_prompt([draft.Prompt("neg", 5, 5)], 10, 10)
+    assert draft.caption(prompts) == "1 point(s) on the object, 2 point(s) not on it, a box"
+
+
+@pytest.mark.parametrize(
+    "prompts",
+    [
+        [draft.Prompt("pos", 70.5, 40.5)],
+        [draft.Prompt("pos", 70.5, 40.5), draft.Prompt("neg", 20.5, 100.5)],
+        [draft.Prompt("box", 40, 20, 110, 90)],
+        [
+            draft.Prompt("box", 40, 20, 110, 90),
+            draft.Prompt("pos", 70.5, 40.5),
+            draft.Prompt("neg", 90.5, 80.5),
+        ],
+    ],
+    ids=["point", "points", "box", "box-and-points"],
+)
+def test_a_drafts_mask_is_the_segmenters_for_the_same_prompts(tiny_models, prompts) -> None:
+    """What the page previews and accepts is what Segmenter.reference_mask makes (tiny SAM2)."""
+    from refseg import Segmenter
+
+    proposer, encoder = tiny_models
+    rng = np.random.default_rng(1)
+    coarse = Image.fromarray(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8))
+    pixels = np.asarray(coarse.resize((160, 120), Image.Resampling.BICUBIC))
+    marking = draft.start_draft(proposer, pictures.picture_from_pixels(pixels, "p.png"))
+    for prompt in prompts:
+        marking.add(prompt)
+    points, labels, box = draft.prompt_arrays(prompts, 160, 120)
+    expected = Segmenter(proposer, encoder).reference_mask(
+        pixels,
+        points=None if points is None else points.tolist(),
+        point_labels=None if labels is None else labels.tolist(),
+        box=None if box is None else box.tolist(),
+    )
+    assert np.array_equal(draft.draft_mask(proposer, marking), expected)
 
 
 def test_a_draft_embeds_once_and_previews_each_prompt(scene) -> None:

@@ -9,9 +9,13 @@ size needed: the preview's for the overlay, the original's once, at Accept.
 
 Coordinates: the page sends fractions of the shown picture; :func:`prompt_from_event` maps
 them to *continuous* original pixels (pixel i spans [i, i+1), x = fraction * W), whatever the
-preview's size. :func:`prompt_arrays` gives them in the convention of
-``Segmenter.add_reference(points=..., box=...)`` and of SAM2's predictor: a point is a pixel
-position (the pixel under the click has its centre at (i, j)), a box its pixel edges.
+preview's size. :func:`reference_prompt` gives them as ``Segmenter.add_reference(points=...,
+box=...)`` takes them (:mod:`refseg.prompts`: checked, scaled to SAM2's input and described for
+the memory file the same way), with points as pixel positions as SAM2's predictor takes them
+(the pixel under the click, i, at i), a box by its pixel edges. So the mask a draft makes is
+the one ``Segmenter.reference_mask`` makes for the same prompts (for a picture whose shorter
+side is under twice SAM2's input; a larger one is embedded from a box-reduced copy, see
+:func:`refseg.app.pictures.sam2_input`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from .. import matching
 from ..errors import InvalidInputError
 from ..models.base import Proposer
+from ..prompts import ReferencePrompt, check_prompt
 from .pictures import Picture, sam2_input
 
 PromptKind = Literal["pos", "neg", "box"]
@@ -80,35 +85,47 @@ def split_prompts(prompts: list[Prompt]) -> tuple[list[Prompt], Prompt | None]:
 
 
 def prompt_arrays(
-    prompts: list[Prompt],
+    prompts: list[Prompt], width: int, height: int
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """The prompts as the segmenter and SAM2's predictor take them, in original pixels.
 
     Returns:
-        points: (P, 2) float32 pixel positions (x - 0.5, y - 0.5 of the click), or None.
+        points: (P, 2) float32 pixel positions (x - 0.5, y - 0.5 of the click, kept inside the
+            picture), or None.
         point_labels: (P,) int64, 1 object / 0 not the object, or None.
         box: (4,) float32 x1, y1, x2, y2 pixel edges, or None.
     """
     points, box = split_prompts(prompts)
-    xy = np.array([[p.x1 - 0.5, p.y1 - 0.5] for p in points], dtype=np.float32).reshape(-1, 2)
+    xy = np.array(
+        [[min(max(p.x1 - 0.5, 0.0), width), min(max(p.y1 - 0.5, 0.0), height)] for p in points],
+        dtype=np.float32,
+    ).reshape(-1, 2)
     labels = np.array([1 if p.kind == "pos" else 0 for p in points], dtype=np.int64)
     box_array = None if box is None else np.array([box.x1, box.y1, box.x2, box.y2], dtype=np.float32)
     return (xy, labels, box_array) if points else (None, None, box_array)
 
 
-def describe_prompts(prompts: list[Prompt]) -> dict[str, Any]:
-    """How an object was marked, for the reference's source in the memory file."""
-    points, labels, box = prompt_arrays(prompts)
-    described: dict[str, Any] = {}
-    kinds = []
-    if points is not None:
-        kinds.append("points")
-        described["points"] = [[round(float(x), 2), round(float(y), 2)] for x, y in points]
-        described["point_labels"] = [int(v) for v in labels]
-    if box is not None:
-        kinds.append("box")
-        described["box"] = [round(float(v), 2) for v in box]
-    return {"prompt": " + ".join(kinds), **described}
+def reference_prompt(prompts: list[Prompt], width: int, height: int) -> ReferencePrompt | None:
+    """The prompts checked as the segmenter checks them (None: no prompt yet).
+
+    Raises:
+        InvalidInputError: what SAM2 cannot take (e.g. only points off the object, no box).
+    """
+    points, labels, box = prompt_arrays(prompts, width, height)
+    return check_prompt(
+        None if box is None else box.tolist(),
+        None if points is None else points.tolist(),
+        None if labels is None else labels.tolist(),
+        height,
+        width,
+    )
+
+
+def describe_prompts(prompts: list[Prompt], width: int, height: int) -> dict[str, Any]:
+    """How an object was marked, for the reference's source in the memory file (as the
+    segmenter records it)."""
+    prompt = reference_prompt(prompts, width, height)
+    return {} if prompt is None else prompt.to_source()
 
 
 def caption(prompts: list[Prompt]) -> str:
@@ -174,24 +191,21 @@ def start_draft(proposer: Proposer, picture: Picture) -> Draft:
 
 
 def draft_logits(proposer: Proposer, draft: Draft) -> torch.Tensor | None:
-    """SAM2's (256, 256) low-resolution logits of the draft's prompts (None: no prompt).
+    """SAM2's (256, 256) low-resolution logits of the draft's prompts (None: no prompt), as
+    ``Segmenter.reference_mask`` asks SAM2 (a box alone by the box path).
 
-    Original pixels p map to SAM2's S-space as p * S / W (x) and p * S / H (y), as the
-    segmenter scales boxes.
+    Raises:
+        InvalidInputError: prompts SAM2 cannot take (:func:`reference_prompt`).
     """
-    points, labels, box = prompt_arrays(draft.prompts)
-    if points is None and box is None:
+    picture = draft.picture
+    prompt = reference_prompt(draft.prompts, picture.width, picture.height)
+    if prompt is None:
         return None
-    size = proposer.image_size
-    scale = np.array([size / draft.picture.width, size / draft.picture.height], dtype=np.float32)
+    points, labels, box = prompt.scaled(proposer.image_size, picture.height, picture.width)
     with torch.inference_mode():
-        logits, _ = proposer.decode_prompts(
-            draft.embedding,
-            None if points is None else torch.from_numpy(points * scale),
-            None if labels is None else torch.from_numpy(labels),
-            None if box is None else torch.from_numpy(box * np.tile(scale, 2)),
-        )
-    return logits
+        if points is None:
+            return proposer.decode_boxes(draft.embedding, box[None])[0]
+        return proposer.decode_prompts(draft.embedding, points, labels, box)[0]
 
 
 def draft_mask(proposer: Proposer, draft: Draft, shape: tuple[int, int] | None = None) -> np.ndarray | None:

@@ -144,11 +144,14 @@ class PageEvents:
     def draft_updates(self, state: SessionState, slot: str, draft: Draft, caption: str | None = None) -> dict:
         """The canvas of a draft (its mask previewed) and its accept button."""
         canvas, accept = self._slot(slot)
-        mask = draft_mask(self.models.base().proposer, draft, draft.picture.preview.shape[:2])
+        try:
+            mask = draft_mask(self.models.base().proposer, draft, draft.picture.preview.shape[:2])
+        except InvalidInputError as error:  # prompts SAM2 cannot take yet (only points off the object)
+            mask, caption = None, str(error)
         if mask is not None and not mask.any():
             caption = "SAM2 found no object for these prompts: click elsewhere or drag a box."
         view = prompt_view(draft, mask, state.seqs.get(slot, 0), caption)
-        return {canvas: view, accept: gr.Button(interactive=bool(draft.prompts))}
+        return {canvas: view, accept: gr.Button(interactive=mask is not None and bool(mask.any()))}
 
     def correction_updates(self, state: SessionState) -> dict:
         page = self.page
@@ -243,7 +246,8 @@ class PageEvents:
         mask = draft_mask(self.models.base().proposer, draft)
         if mask is None or not mask.any():
             raise InvalidInputError("SAM2 found no object for these prompts: click elsewhere or drag a box.")
-        source = {**describe_prompts(draft.prompts), "file": draft.picture.name}
+        picture = draft.picture
+        source = {**describe_prompts(draft.prompts, picture.width, picture.height), "file": picture.name}
         ref_id = actions.add_reference(
             self.models, state, class_name, draft.picture.pixels, mask, source=source
         )

@@ -14,24 +14,18 @@ from __future__ import annotations
 from pathlib import PureWindowsPath
 from typing import Any
 
-from ..memory import ReferenceRecord
 from .session import SessionState
 
 BACKGROUND = "background"
 _MARKED = {
     "points": "points",
     "box": "box",
-    "points + box": "points + box",
+    "box+points": "box + points",
     "brush": "brush",
     "mask file": "mask file",
     "mask": "mask",
     "result": "picked in a result",
 }
-
-
-def is_negative(record: ReferenceRecord) -> bool:
-    """A "not this class" (or background) example."""
-    return bool(getattr(record, "negative", False))
 
 
 def marked_by(source: dict[str, Any]) -> str:
@@ -57,7 +51,7 @@ def reference_rows(state: SessionState) -> list[dict[str, Any]]:
                 "id": record.ref_id,
                 "thumbnail": state.thumbnails.get(record.ref_id, ""),
                 "class": record.class_name or BACKGROUND,
-                "kind": "negative" if is_negative(record) else "positive",
+                "kind": "negative" if record.negative else "positive",
                 "marked": marked_by(record.source),
                 "file": file_of(record.source),
             }
@@ -70,7 +64,7 @@ def memory_summary(state: SessionState) -> str:
     if state.bank is None or len(state.bank) == 0:
         return "Memory: empty. Mark an object and press Accept to add the first reference."
     counts = ", ".join(f"{name} {count}" for name, count in state.bank.counts().items())
-    negatives = sum(is_negative(r) for r in state.bank.references)
+    negatives = sum(state.bank.negative_counts().values())
     extra = f", {negatives} of them negative" if negatives else ""
     return (
         f"Memory: {len(state.bank)} reference(s){extra} in {len(state.bank.class_names)} class(es): {counts}"

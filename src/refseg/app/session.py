@@ -10,7 +10,6 @@ marked, and the last results. Marking lives in :mod:`refseg.app.draft`, the brus
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import os
 import shutil
@@ -182,11 +181,6 @@ class SessionState:
 # --------------------------------------------------------------------------- references
 
 
-def supports_negatives(segmenter: Segmenter) -> bool:
-    """Whether this refseg's segmenter takes negative examples (``add_reference(negative=...)``)."""
-    return "negative" in inspect.signature(segmenter.add_reference).parameters
-
-
 def add_reference(
     models: SharedModels,
     state: SessionState,
@@ -221,12 +215,7 @@ def add_reference(
         raise InvalidInputError("The mask is empty: mark the object first.")
     segmenter = models.segmenter_for(state.bank)
     provenance = {**source, "mask": mask_to_rle(mask)}
-    if negative:
-        if not supports_negatives(segmenter):
-            raise InvalidInputError("This version of refseg cannot keep negative examples yet.")
-        ref_id = segmenter.add_reference(image, name, mask=mask, negative=True, source=provenance)
-    else:
-        ref_id = segmenter.add_reference(image, name, mask=mask, source=provenance)
+    ref_id = segmenter.add_reference(image, name, mask=mask, negative=negative, source=provenance)
     state.bank = segmenter.memory
     ratio = state.bank.context_ratio
     x0, y0, x1, y1 = context_crop_box(mask_box_exclusive(mask), mask.shape, ratio)
@@ -399,7 +388,9 @@ def session_memory_picture(models: SharedModels, state: SessionState, *, tile_si
         )
     segmenter = models.segmenter_for(state.bank)
     references = [
-        (*state.crops[r.ref_id], r.class_name) for r in state.bank.references if r.ref_id in state.crops
+        (*state.crops[r.ref_id], r.class_name, r.negative)
+        for r in state.bank.references
+        if r.ref_id in state.crops
     ]
     return memory_picture(
         segmenter.encoder, references, context_ratio=state.bank.context_ratio, tile_size=tile_size
