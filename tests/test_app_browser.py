@@ -16,13 +16,12 @@ import base64
 import io
 import json
 import re
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from chromium import CHROMIUM, CHROMIUM_ARGS
+from chromium import CHROMIUM, free_port, open_page
 from PIL import Image
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -62,12 +61,6 @@ RECORD_MESSAGES = """() => {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _picture(size: int, disc_centre: tuple[int, int], square: tuple[int, int, int, int]) -> np.ndarray:
     """Grey picture with a red disc (radius 30) and a blue square."""
     rng = np.random.default_rng(size)
@@ -104,7 +97,7 @@ def app_url(tiny_models):
     proposer, encoder = tiny_models
     segmenter = Segmenter(proposer, encoder, preset="fast", points_per_side=8)
     demo = build_app(segmenter, score_threshold=0.0)
-    url = launch(demo, host="127.0.0.1", port=_free_port(), block=False, quiet=True)
+    url = launch(demo, host="127.0.0.1", port=free_port(), block=False, quiet=True)
     yield url
     demo.close()
 
@@ -117,20 +110,12 @@ def negatives(tiny_models) -> bool:
 
 @pytest.fixture
 def page(app_url):
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
-            page.set_default_timeout(60_000)
-            expect.set_options(timeout=60_000)
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(app_url, wait_until="load")
-            page.wait_for_selector("#reference-canvas .pc-root")
-            yield page
-            assert not errors, errors  # no script error anywhere in the flow
-        finally:
-            browser.close()
+    with open_page(app_url, accept_downloads=True) as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.wait_for_selector("#reference-canvas .pc-root")
+        yield page
+        assert not errors, errors  # no script error anywhere in the flow
 
 
 # --------------------------------------------------------------------------- helpers
@@ -605,17 +590,13 @@ def test_badge_check_sees_gradios_error_badge(app_url) -> None:
             raise gr.Error("control", print_exception=False)
 
         button.click(fail, None, out)
-    url = demo.launch(
-        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True
-    )[1]
+    url = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)[
+        1
+    ]
     try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            page = browser.new_page()
-            page.goto(url)
+        with open_page(url) as page:
             page.locator("#fail").click()
             expect(page.locator(".wrap .error").first).to_have_text("Error", timeout=30_000)
-            browser.close()
     finally:
         demo.close()
 
