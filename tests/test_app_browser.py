@@ -428,6 +428,19 @@ def test_double_click_on_accept_adds_once(page, pictures) -> None:
     no_error_badges(page)
 
 
+def test_user_text_is_never_markup_or_code(page, pictures) -> None:
+    """A class name with HTML and a template expression is shown as typed and runs nothing."""
+    evil = "${window.__pwned = 1}<img src=x onerror=window.__pwned=2>"
+    upload_reference(page, pictures["reference"])
+    click(page, 0.2, 0.2)
+    fill(page, "class-name", evil)
+    page.locator("#accept").click()
+    expect_message(page, f"Added reference #0: {evil} (marked by points on reference.png).")
+    expect(page.locator("#references .rl-class")).to_contain_text(evil)
+    assert page.evaluate("window.__pwned") is None
+    expect(page.locator("#message img, #references img:not(.rl-thumb)")).to_have_count(0)
+
+
 # --------------------------------------------------------------------------- the list and the memory
 
 
