@@ -591,6 +591,30 @@ def test_errors_are_one_message_without_badges_or_paths(page, pictures) -> None:
     assert page.locator(".toast-body").count() == 0  # nothing outside the message area
 
 
+def test_an_unexpected_failure_is_a_message_and_the_click_is_answered(pictures) -> None:
+    """A bug behind a click (here SAM2's decoder raising) says so in the message area, once,
+    and the canvas answers the click instead of waiting for an answer that never comes."""
+    from synthetic import SyntheticEncoder, SyntheticProposer
+
+    class BrokenDecoder(SyntheticProposer):
+        def decode_prompts(self, *args, **kwargs):
+            raise RuntimeError("a bug, with a path /srv/secret/x.py")
+
+    demo = build_app(Segmenter(BrokenDecoder(), SyntheticEncoder(), preset="fast"))
+    url = launch(demo, host="127.0.0.1", port=free_port(), block=False, quiet=True)
+    try:
+        with open_page(url) as page:
+            upload_reference(page, pictures["reference"])
+            click(page, 0.2, 0.2)  # waits for the canvas to answer click 1
+            expect_message(page, "Something went wrong on the server", "error")
+            assert "secret" not in message(page).inner_text()
+            expect(page.locator("#reference-canvas .pc-pending .pc-dot")).to_have_count(0)
+            assert [d["kind"] for d in dots(page)] == ["pos"]
+            no_error_badges(page)
+    finally:
+        demo.close()
+
+
 def test_badge_check_sees_gradios_error_badge(app_url) -> None:
     """The control: a handler raising gr.Error does make the badge no_error_badges looks for."""
     import gradio as gr
