@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -44,24 +43,18 @@ from typing import Any
 import script_env  # noqa: F401  (before torch: offline, huge pages, refseg on the path)
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))  # chromium.py: how refseg starts headless Chromium
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from bench_models import PRESET_MODELS, checkpoint_dir  # noqa: E402
+from chromium import CHROMIUM, free_port, open_page  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from refseg import Segmenter, runtime  # noqa: E402
 from refseg.app import draft, pictures, views  # noqa: E402
 from refseg.app import session as actions  # noqa: E402
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-]
 PICTURE = HERE / "data" / "coffee.png"
 # (kind, x, y) as fractions of the picture, or ("box", x1, y1, x2, y2): what a person does
 # while marking: a point, refinements on and off the object, a box.
@@ -219,23 +212,15 @@ INSTRUMENT = """() => {
 
 
 def browser_run(segmenter: Segmenter, picture: Path, big: Path, clicks: int) -> dict[str, Any]:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from refseg.app import build_app, launch
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     demo = build_app(segmenter)
-    url = launch(demo, port=port, block=False, quiet=True)
+    url = launch(demo, port=free_port(), block=False, quiet=True)
     record: dict[str, Any] = {}
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.set_default_timeout(300_000)
-            expect.set_options(timeout=300_000)
-            page.goto(url)
+        with open_page(url, timeout_ms=300_000) as page:
             page.wait_for_selector("#reference-canvas .pc-root")
             root = page.locator("#reference-canvas .pc-root")
             message = page.locator("#message .msg")
@@ -308,7 +293,6 @@ def browser_run(segmenter: Segmenter, picture: Path, big: Path, clicks: int) -> 
                     "i => [i.naturalWidth, i.naturalHeight]"
                 ),
             }
-            browser.close()
     finally:
         demo.close()
     return record

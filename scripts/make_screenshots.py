@@ -23,7 +23,6 @@ import io
 import json
 import logging
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -34,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_models.py and chromium.py: no side effects on import
 
-from chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from chromium import free_port, open_page  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "coins"
 REFERENCE = EXAMPLE / "references" / "coin" / "coins_top.png"
@@ -108,26 +107,18 @@ def _centre(mask: np.ndarray) -> tuple[float, float]:
 
 def app_screenshots(segmenter, reference_mask: np.ndarray, out: Path, banner: str | None) -> list[Path]:
     """Drive the app in headless Chromium through the steps of :data:`APP_STEPS`, one picture each."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from refseg import Segmenter
     from refseg.app import build_app, launch
 
     fresh = Segmenter(segmenter.proposer, segmenter.encoder, preset=segmenter.settings)  # empty memory
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     demo = build_app(fresh, score_threshold=0.0 if banner else 0.3)
-    url = launch(demo, host="127.0.0.1", port=port, block=False, quiet=True)
+    url = launch(demo, host="127.0.0.1", port=free_port(), block=False, quiet=True)
     shots = Path(tempfile.mkdtemp())
     written = []
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.set_default_timeout(300_000)
-            expect.set_options(timeout=300_000)
-            page.goto(url, wait_until="load")
+        with open_page(url, width=1280, height=1000, timeout_ms=300_000) as page:
             page.wait_for_selector("#reference-canvas .pc-root")
             message = page.locator("#message .msg")
 
@@ -230,7 +221,6 @@ def app_screenshots(segmenter, reference_mask: np.ndarray, out: Path, banner: st
                 out / "app-8-message.png", optimize=True
             )
             written.append(out / "app-8-message.png")
-            browser.close()
     finally:
         demo.close()
     return written

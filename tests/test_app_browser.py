@@ -16,13 +16,12 @@ import base64
 import io
 import json
 import re
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from chromium import CHROMIUM, CHROMIUM_ARGS
+from chromium import CHROMIUM, free_port, open_page
 from PIL import Image
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -61,12 +60,6 @@ RECORD_MESSAGES = """() => {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _picture(size: int, disc_centre: tuple[int, int], square: tuple[int, int, int, int]) -> np.ndarray:
     """Grey picture with a red disc (radius 30) and a blue square."""
     rng = np.random.default_rng(size)
@@ -103,27 +96,19 @@ def app_url(tiny_models):
     proposer, encoder = tiny_models
     segmenter = Segmenter(proposer, encoder, preset="fast", points_per_side=8)
     demo = build_app(segmenter, score_threshold=0.0)
-    url = launch(demo, host="127.0.0.1", port=_free_port(), block=False, quiet=True)
+    url = launch(demo, host="127.0.0.1", port=free_port(), block=False, quiet=True)
     yield url
     demo.close()
 
 
 @pytest.fixture
 def page(app_url):
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
-            page.set_default_timeout(60_000)
-            expect.set_options(timeout=60_000)
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(app_url, wait_until="load")
-            page.wait_for_selector("#reference-canvas .pc-root")
-            yield page
-            assert not errors, errors  # no script error anywhere in the flow
-        finally:
-            browser.close()
+    with open_page(app_url, accept_downloads=True) as page:
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.wait_for_selector("#reference-canvas .pc-root")
+        yield page
+        assert not errors, errors  # no script error anywhere in the flow
 
 
 # --------------------------------------------------------------------------- helpers
@@ -436,6 +421,19 @@ def test_double_click_on_accept_adds_once(page, pictures) -> None:
     no_error_badges(page)
 
 
+def test_user_text_is_never_markup_or_code(page, pictures) -> None:
+    """A class name with HTML and a template expression is shown as typed and runs nothing."""
+    evil = "${window.__pwned = 1}<img src=x onerror=window.__pwned=2>"
+    upload_reference(page, pictures["reference"])
+    click(page, 0.2, 0.2)
+    fill(page, "class-name", evil)
+    page.locator("#accept").click()
+    expect_message(page, f"Added reference #0: {evil} (marked by points on reference.png).")
+    expect(page.locator("#references .rl-class")).to_contain_text(evil)
+    assert page.evaluate("window.__pwned") is None
+    expect(page.locator("#message img, #references img:not(.rl-thumb)")).to_have_count(0)
+
+
 # --------------------------------------------------------------------------- the list and the memory
 
 
@@ -584,6 +582,30 @@ def test_errors_are_one_message_without_badges_or_paths(page, pictures) -> None:
     assert page.locator(".toast-body").count() == 0  # nothing outside the message area
 
 
+def test_an_unexpected_failure_is_a_message_and_the_click_is_answered(pictures) -> None:
+    """A bug behind a click (here SAM2's decoder raising) says so in the message area, once,
+    and the canvas answers the click instead of waiting for an answer that never comes."""
+    from synthetic import SyntheticEncoder, SyntheticProposer
+
+    class BrokenDecoder(SyntheticProposer):
+        def decode_prompts(self, *args, **kwargs):
+            raise RuntimeError("a bug, with a path /srv/secret/x.py")
+
+    demo = build_app(Segmenter(BrokenDecoder(), SyntheticEncoder(), preset="fast"))
+    url = launch(demo, host="127.0.0.1", port=free_port(), block=False, quiet=True)
+    try:
+        with open_page(url) as page:
+            upload_reference(page, pictures["reference"])
+            click(page, 0.2, 0.2)  # waits for the canvas to answer click 1
+            expect_message(page, "Something went wrong on the server", "error")
+            assert "secret" not in message(page).inner_text()
+            expect(page.locator("#reference-canvas .pc-pending .pc-dot")).to_have_count(0)
+            assert [d["kind"] for d in dots(page)] == ["pos"]
+            no_error_badges(page)
+    finally:
+        demo.close()
+
+
 def test_badge_check_sees_gradios_error_badge(app_url) -> None:
     """The control: a handler raising gr.Error does make the badge no_error_badges looks for."""
     import gradio as gr
@@ -596,17 +618,13 @@ def test_badge_check_sees_gradios_error_badge(app_url) -> None:
             raise gr.Error("control", print_exception=False)
 
         button.click(fail, None, out)
-    url = demo.launch(
-        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True
-    )[1]
+    url = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)[
+        1
+    ]
     try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            page = browser.new_page()
-            page.goto(url)
+        with open_page(url) as page:
             page.locator("#fail").click()
             expect(page.locator(".wrap .error").first).to_have_text("Error", timeout=30_000)
-            browser.close()
     finally:
         demo.close()
 

@@ -49,10 +49,17 @@ def wire(page: Page, models: SharedModels) -> Events:
     page.paint_tab.select(guard(events.choose_paint), [state], tab_outputs, **QUIET)
     page.mask_tab.select(guard(events.choose_mask), [state], tab_outputs, **QUIET)
     page.reference_canvas.prompt(
-        guard(events.reference_prompt), [state], canvas_outputs, trigger_mode="multiple", **MODELS
+        guard(events.reference_prompt, events.canvas_restore("reference")),
+        [state],
+        canvas_outputs,
+        trigger_mode="multiple",
+        **MODELS,
     )
-    page.undo.click(guard(events.undo), [state], canvas_outputs, trigger_mode="multiple", **MODELS)
-    page.clear.click(guard(events.clear), [state], canvas_outputs, **MODELS)
+    reference_restore = events.canvas_restore("reference")
+    page.undo.click(
+        guard(events.undo, reference_restore), [state], canvas_outputs, trigger_mode="multiple", **MODELS
+    )
+    page.clear.click(guard(events.clear, reference_restore), [state], canvas_outputs, **MODELS)
     page.accept.click(
         guard(events.accept, accept_restore("reference", page.accept)),
         [state, page.class_name],
@@ -100,7 +107,7 @@ def wire(page: Page, models: SharedModels) -> Events:
         **MODELS,
     )
     page.result_canvas.prompt(
-        guard(events.result_click),
+        guard(events.result_click, events.canvas_restore("result")),
         [state, page.threshold],
         [message, *results, page.missed_accept],
         trigger_mode="multiple",
@@ -116,7 +123,7 @@ def wire(page: Page, models: SharedModels) -> Events:
         trigger_mode="once",
         **MODELS,
     )
-    page.missed_undo.click(guard(events.missed_undo), [state], [page.result_canvas, page.missed_accept, message], trigger_mode="multiple", **MODELS)  # fmt: skip
+    page.missed_undo.click(guard(events.missed_undo, events.canvas_restore("result")), [state], [page.result_canvas, page.missed_accept, message], trigger_mode="multiple", **MODELS)  # fmt: skip
     page.missed_accept.click(
         guard(events.missed_accept, accept_restore("result", page.missed_accept)),
         [state, page.missed_class, page.threshold],

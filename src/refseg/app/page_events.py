@@ -188,6 +188,18 @@ class PageEvents:
             **self.correction_updates(state),
         }
 
+    def canvas_restore(self, slot: str) -> Restore:
+        """After an unexpected failure on a marking canvas: its prompts as they are, without a
+        mask, answering the last click (so the page does not wait for an answer that will not
+        come)."""
+        canvas, _ = self._slot(slot)
+
+        def restore(state: SessionState) -> dict:
+            draft = state.drafts.get(slot)
+            return {} if draft is None else {canvas: prompt_view(draft, None, state.seqs.get(slot, 0), "")}
+
+        return restore
+
     def _slot(self, slot: str) -> tuple[gr.HTML, gr.Button]:
         page = self.page
         return (
