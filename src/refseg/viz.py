@@ -80,7 +80,7 @@ def _auto_sizes(height: int, width: int) -> tuple[int, int]:
     return max(1, round(short / 300)), max(10, round(short / 40))
 
 
-def _boundary(mask: np.ndarray, thickness: int) -> np.ndarray:
+def boundary(mask: np.ndarray, thickness: int) -> np.ndarray:
     """Pixels of ``mask`` within ``thickness`` 4-neighbour steps of its outside.
 
     Args:
@@ -126,7 +126,7 @@ def _paint_mask(
     if alpha > 0:
         region[local] = region[local] * (1.0 - alpha) + rgb * alpha
     if thickness > 0:
-        region[_boundary(local, thickness)] = rgb
+        region[boundary(local, thickness)] = rgb
 
 
 def _draw_label(
