@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .memory import MemoryBank
     from .segmenter import Segmenter
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {"Instances": ".instances", "MemoryBank": ".memory", "Segmenter": ".segmenter"}
 
