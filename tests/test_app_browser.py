@@ -96,7 +96,9 @@ def app_url(tiny_models):
     proposer, encoder = tiny_models
     segmenter = Segmenter(proposer, encoder, preset="fast", points_per_side=8)
     demo = build_app(segmenter, score_threshold=0.0)
-    url = launch(demo, host="127.0.0.1", port=free_port(), block=False, quiet=True)
+    announced: list[str] = []
+    url = launch(demo, host="127.0.0.1", port=free_port(), block=False, quiet=True, ready=announced.append)
+    assert announced == [url]  # the CLI prints the URL the page is really served at
     yield url
     demo.close()
 

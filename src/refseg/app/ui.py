@@ -249,13 +249,15 @@ def launch(
     memory: MemoryBank | str | os.PathLike | None = None,
     block: bool = True,
     quiet: bool = False,
+    ready: Callable[[str], None] | None = None,
 ) -> str:
     """Serve the app (builds it first unless given a ``gr.Blocks``).
 
     Args:
         host: address to listen on (127.0.0.1: this machine only; 0.0.0.0: the network).
-        port: TCP port; None picks a free one.
+        port: TCP port; None or 0 picks a free one.
         block: wait until interrupted (the CLI) or return at once (tests, notebooks).
+        ready: called with the page's URL once it serves (before ``block`` waits).
 
     Returns:
         The local URL of the page.
@@ -264,7 +266,7 @@ def launch(
     demo.queue(default_concurrency_limit=1)
     _, url, _ = demo.launch(
         server_name=host,
-        server_port=port,
+        server_port=port or None,
         prevent_thread_lock=True,
         share=False,
         quiet=quiet,
@@ -274,6 +276,8 @@ def launch(
         run_history=False,
     )
     logger.info("refseg app at %s", url)
+    if ready is not None:
+        ready(url)
     if block:
         demo.block_thread()
     return url

@@ -31,7 +31,14 @@ from .options import PORT, echo, model_options, refseg_errors
 @click.option("--port", default=7860, show_default=True, type=PORT, help="TCP port (0: any free one).")
 @refseg_errors
 def app_command(models: ModelSpec, memory_path: Path | None, host: str, port: int) -> None:
-    """Start the web app: add references in the browser, segment targets, download results."""
+    """Start the web app: add references in the browser, segment targets, download results.
+
+    \b
+    Examples:
+      refseg app                                  # the fast preset, http://127.0.0.1:7860
+      refseg app --memory memory.safetensors      # every session starts from these references
+      refseg app --sam2 ./sam2-dir --encoder ./dinov2-dir --port 0   # local weights, any free port
+    """
     from ..app import launch
 
     memory = MemoryBank.load(memory_path) if memory_path is not None else None
@@ -39,5 +46,12 @@ def app_command(models: ModelSpec, memory_path: Path | None, host: str, port: in
     segmenter = models.load_segmenter()
     if memory is not None:
         memory.check_encoder(segmenter.encoder.identity)
-    echo(f"refseg app on http://{host}:{port} (Ctrl+C to stop)", err=True)
-    launch(segmenter, host=host, port=port, memory=memory, block=True, quiet=True)
+    launch(
+        segmenter,
+        host=host,
+        port=port,
+        memory=memory,
+        block=True,
+        quiet=True,
+        ready=lambda url: echo(f"refseg app on {url} (Ctrl+C to stop)", err=True),
+    )

@@ -18,7 +18,12 @@ from .options import (
 
 @click.group(cls=RefsegGroup, context_settings=CONTEXT_SETTINGS)
 def reproduce() -> None:
-    """Reproduce the paper's benchmarks end to end."""
+    """Reproduce the paper's benchmarks end to end.
+
+    \b
+    Example:
+      refseg reproduce coco-fsod --shots 30 --seed 33 --coco-root /data/coco
+    """
 
 
 @reproduce.command("coco-fsod", context_settings=CONTEXT_SETTINGS)
