@@ -186,7 +186,7 @@ def nearest_example_vetoes(
     vetoed for c when max_{n in N_c} cos(f_i, n) > max_{p in P_c} cos(f_i, p), i.e. when its
     nearest example among the user's "c" and "not c" examples is a "not c" one (a 1-nearest-
     neighbour decision, no parameter). Ties go to the positives; a class without negatives is
-    never vetoed.
+    never vetoed. Why this rule: docs/method.md 6.4.
 
     Args:
         object_features: (N, C) L2-normalised proposal features.
