@@ -1,4 +1,4 @@
-"""Matching (METHOD.md sections 3-4) timed on synthetic proposals with realistic survivors.
+"""Matching (docs/method.md sections 4-5) timed on synthetic proposals with realistic survivors.
 
 With random weights SAM2's predicted IoUs are all ~0.52 and box NMS leaves only a handful of
 proposals, so an end-to-end run on random weights under-counts pooling and soft merging.
@@ -11,7 +11,7 @@ Three implementations are timed on the same inputs and must give the same instan
 
 * ``optimised``: :func:`refseg.matching.postprocess` (fast pooling, cropped soft merge);
 * ``dense pooling``: the same with the upsampled 256x256xC feature map built;
-* ``straightforward``: written here from METHOD.md as research code would: dense pooling,
+* ``straightforward``: written here from docs/method.md as research code would: dense pooling,
   every survivor upsampled to a full (H, W) plane, all pairwise intersections from one
   dense product. It shares only box NMS with refseg (not a lever).
 """
@@ -149,7 +149,7 @@ def straightforward_postprocess(
     merge_exponent: float = 0.5,
     max_instances: int = 100,
 ) -> matching.MatchResult:
-    """METHOD.md 3.2-4.6 the direct way: dense maps and dense pairwise products."""
+    """docs/method.md 4.2-5.6 the direct way: dense maps and dense pairwise products."""
     logits = inputs.low_res_logits
     binary = logits > 0
     channels = inputs.feature_map.shape[0]

@@ -29,6 +29,9 @@ SEED = 0
 # The test process's own policy, as the refseg command's: the suite decodes SAM2 grids many
 # times, and freed temporaries are reused instead of page-faulted in again (refseg.runtime).
 runtime.retain_freed_memory()
+# One torch thread: the tiny models' operations are too small to gain from a second thread, and
+# on shared cores OpenMP's threads wait for each other whenever another process holds a core.
+torch.set_num_threads(1)
 
 
 def _save(model: torch.nn.Module, directory: Path) -> Path:

@@ -366,6 +366,7 @@ def test_image_and_mask_file_pair(page, pictures, tmp_path) -> None:
     assert (record.source["prompt"], record.source["mask_file"]) == ("mask file", "square-mask.png")
 
 
+@pytest.mark.slow
 def test_the_brush_is_kept_for_painting(page, pictures, tmp_path) -> None:
     upload_reference(page, pictures["reference"])
     page.get_by_role("tab", name="Paint").click()
@@ -402,6 +403,7 @@ def test_the_brush_is_kept_for_painting(page, pictures, tmp_path) -> None:
     assert overlay_src(page).startswith("data:image/png")
 
 
+@pytest.mark.slow
 def test_double_click_on_accept_adds_once(page, pictures) -> None:
     upload_reference(page, pictures["reference"])
     click(page, 0.2, 0.2)
@@ -439,6 +441,7 @@ def test_user_text_is_never_markup_or_code(page, pictures) -> None:
 # --------------------------------------------------------------------------- the list and the memory
 
 
+@pytest.mark.slow
 def test_reference_list_remove_undo_download_and_leaving(page, pictures, tmp_path) -> None:
     add_by_points(page, pictures, "blue", 0.2, 0.2)
     click(page, 0.65, 0.65)
@@ -481,6 +484,7 @@ def test_reference_list_remove_undo_download_and_leaving(page, pictures, tmp_pat
 # --------------------------------------------------------------------------- results and corrections
 
 
+@pytest.mark.slow
 def test_results_view_and_negatives_from_a_click(page, pictures, tmp_path) -> None:
     add_by_points(page, pictures, "blue")
     page.evaluate(RECORD_MESSAGES)
@@ -527,6 +531,7 @@ def test_results_view_and_negatives_from_a_click(page, pictures, tmp_path) -> No
     shot(page, "11-negatives")
 
 
+@pytest.mark.slow
 def test_missed_object_is_marked_on_the_result(page, pictures, tmp_path) -> None:
     add_by_points(page, pictures, "blue")
     run_targets(page, pictures, "target")
@@ -584,6 +589,7 @@ def test_errors_are_one_message_without_badges_or_paths(page, pictures) -> None:
     assert page.locator(".toast-body").count() == 0  # nothing outside the message area
 
 
+@pytest.mark.slow
 def test_an_unexpected_failure_is_a_message_and_the_click_is_answered(pictures) -> None:
     """A bug behind a click (here SAM2's decoder raising) says so in the message area, once,
     and the canvas answers the click instead of waiting for an answer that never comes."""
@@ -631,6 +637,7 @@ def test_badge_check_sees_gradios_error_badge(app_url) -> None:
         demo.close()
 
 
+@pytest.mark.slow
 def test_a_large_picture_travels_small_and_maps_to_original_pixels(page, tmp_path) -> None:
     rng = np.random.default_rng(0)
     big = np.zeros((6000, 8000, 3), np.uint8)

@@ -252,6 +252,7 @@ def test_a_known_model_type_with_an_auto_map_loads_without_its_code(tiny_dinov2_
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_the_command_never_asks_to_run_a_checkpoints_code(tmp_path):
     """On a terminal, transformers asked "Do you wish to run the custom code? [y/N]"."""
     import os

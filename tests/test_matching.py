@@ -1,4 +1,4 @@
-"""The method's scoring and de-duplication steps (METHOD.md sections 2-4), each against
+"""The method's scoring and de-duplication steps (docs/method.md sections 3-5), each against
 hand-computed answers, and the whole chain against a straightforward re-implementation."""
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ def test_upsample_masks_matches_torch_and_chunks(monkeypatch):
 
 
 def soft_merge_dense(masks, features, labels, scores, exponent=0.5):
-    """METHOD.md 4.5 written out over whole masks, pair by pair (test reference)."""
+    """docs/method.md 5.5 written out over whole masks, pair by pair (test reference)."""
     new_scores = []
     for i in range(len(masks)):
         area = int(masks[i].sum())
@@ -438,7 +438,7 @@ def reference_postprocess(
     merge_exponent,
     max_instances,
 ):
-    """METHOD.md 3.3-4.6 written out directly: dense upsampled features, loops, whole masks."""
+    """docs/method.md 4.2-5.6 written out directly: dense upsampled features, loops, whole masks."""
     n, m, _ = logits.shape
     binary = logits > 0
     upsampled = F.interpolate(feature_map[None], size=(m, m), mode="bilinear", align_corners=False)[0]

@@ -1,4 +1,4 @@
-"""Memory bank: METHOD.md section 1 against hand computations, editing, file round trip."""
+"""Memory bank: docs/method.md section 2 against hand computations, editing, file round trip."""
 
 from __future__ import annotations
 

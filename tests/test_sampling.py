@@ -1,4 +1,4 @@
-"""Class splits, class-name resolution and few-shot reference sampling (METHOD.md section 5)."""
+"""Class splits, class-name resolution and few-shot reference sampling (docs/method.md 9.1-9.2)."""
 
 from __future__ import annotations
 

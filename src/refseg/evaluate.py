@@ -5,7 +5,7 @@ kept) makes AP the benchmarks' nAP. pycocotools prints as it works; here that ou
 the debug log, never to stdout. The 12 summary numbers are computed from ``COCOeval.eval``
 as ``COCOeval.summarize`` does, but for any ``max_dets`` (``summarize`` assumes 100).
 
-Details that follow the common practice of detectron2's COCO evaluator:
+Details that follow the common practice of detectron2's COCO evaluator (docs/method.md 8.12, 9.3):
 - for ``segm``, result boxes are dropped before loading, so pycocotools takes each result's
   area from its mask, not its box (areas decide the small/medium/large ranges, so APs, APm and
   APl). Plain pycocotools keeps a result's ``bbox`` and takes its area from the box (``loadRes``

@@ -1,4 +1,4 @@
-"""The method's scoring and de-duplication (METHOD.md sections 2-4), as pure tensor functions.
+"""The method's scoring and de-duplication (docs/method.md sections 3-5), as pure tensor functions.
 
 Every function takes and returns torch tensors (float32 unless stated), works on any device
 and keeps no state. :func:`postprocess` chains them in the paper's order:
@@ -186,7 +186,7 @@ def nearest_example_vetoes(
     vetoed for c when max_{n in N_c} cos(f_i, n) > max_{p in P_c} cos(f_i, p), i.e. when its
     nearest example among the user's "c" and "not c" examples is a "not c" one (a 1-nearest-
     neighbour decision, no parameter). Ties go to the positives; a class without negatives is
-    never vetoed.
+    never vetoed. Why this rule: docs/method.md 6.4.
 
     Args:
         object_features: (N, C) L2-normalised proposal features.
@@ -455,7 +455,7 @@ def soft_merge(
     scores: torch.Tensor,
     exponent: float = 0.5,
 ) -> torch.Tensor:
-    """Semantic-aware soft merging (METHOD.md 4.5).
+    """Semantic-aware soft merging (docs/method.md 5.5).
 
     Within each class, in the given order: d_i = max over earlier masks j of the same class of
     (|m_i AND m_j| / |m_i|) * max(0, f_i . f_j), 0 if none; the score becomes
@@ -515,7 +515,7 @@ def postprocess(
     pool: PoolMethod = "fast",
     examples: ReferenceExamples | None = None,
 ) -> MatchResult:
-    """Proposals + target features + prototypes -> final instances (METHOD.md 3.3 to 4.6).
+    """Proposals + target features + prototypes -> final instances (docs/method.md 4.2 to 5.6).
 
     Args:
         low_res_logits: (N, m, m) SAM2 low-resolution mask logits (m = 256).

@@ -1,6 +1,6 @@
 """The memory bank: one feature per reference, class prototypes, one safetensors file.
 
-METHOD.md section 1. Per reference: a square context crop around the instance box, resized
+docs/method.md section 2. Per reference: a square context crop around the instance box, resized
 to the encoder input, encoded, and the patch features averaged with the (soft) mask as
 weights (:mod:`refseg.reference_features`). A class prototype is the L2-normalised mean of its
 positive references' features, each reference counting the same whatever its size.
@@ -162,7 +162,7 @@ class MemoryBank:
         return features, self._class_labels([self._records[i] for i in chosen])
 
     def prototypes(self) -> torch.Tensor:
-        """(K, C) L2-normalised class prototypes in :attr:`class_names` order (METHOD.md 1.7):
+        """(K, C) L2-normalised class prototypes in :attr:`class_names` order (docs/method.md 2.7):
         the mean of each class's positive references; negatives play no part."""
         if not self._classes:
             raise InvalidInputError(

@@ -1,6 +1,6 @@
-"""Named settings. ``paper`` is exactly the method of METHOD.md; every other preset is a
-documented departure from it: ``paper-neg`` adds negative references to the paper's method,
-``fast`` uses small models, a coarser grid and negative references."""
+"""Named settings (docs/method.md section 7). ``paper`` is the method of docs/method.md; every
+other preset is a documented departure from it: ``paper-neg`` adds negative references to the
+paper's method, ``fast`` uses small models, a coarser grid and negative references."""
 
 from __future__ import annotations
 

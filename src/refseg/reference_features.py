@@ -1,4 +1,4 @@
-"""One reference's feature (METHOD.md section 1, steps 1-6): the context crop around its box,
+"""One reference's feature (docs/method.md 2.2-2.6): the context crop around its box,
 resized to the encoder input, encoded, and the patch features averaged with the soft mask.
 
 The memory bank (:mod:`refseg.memory`) stores these features; the memory picture
@@ -56,7 +56,7 @@ def context_crop_box(
 def reference_inputs(
     image: np.ndarray, mask: np.ndarray, input_size: int, context_ratio: float = 0.2
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encoder input and soft mask of one reference (METHOD.md 1.1-1.3).
+    """Encoder input and soft mask of one reference (docs/method.md 2.2-2.4).
 
     Args:
         image: (H, W, 3) uint8.
@@ -78,7 +78,7 @@ def reference_inputs(
 
 
 def pool_reference(features: torch.Tensor, soft_mask: torch.Tensor) -> torch.Tensor:
-    """Mask-weighted mean of patch features (METHOD.md 1.5-1.6).
+    """Mask-weighted mean of patch features (docs/method.md 2.6, and 8.4 for tiny objects).
 
     Weights are the soft mask sampled to the patch grid by nearest neighbour. If no patch
     gets weight (an object smaller than a patch), the features are upsampled bilinearly to
@@ -108,7 +108,7 @@ def pool_reference(features: torch.Tensor, soft_mask: torch.Tensor) -> torch.Ten
 def reference_feature(
     encoder: Encoder, image: np.ndarray, mask: np.ndarray, context_ratio: float = 0.2
 ) -> torch.Tensor:
-    """One reference's feature (METHOD.md section 1, steps 1-6).
+    """One reference's feature (docs/method.md 2.2-2.6).
 
     Args:
         image: (H, W, 3) uint8.

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 class Segmenter:
-    """Training-free reference-based instance segmentation (METHOD.md).
+    """Training-free reference-based instance segmentation (docs/method.md).
 
     Example:
         >>> seg = Segmenter.from_pretrained("fast")
@@ -272,7 +272,7 @@ class Segmenter:
         return encoder_input(proposer_image, self.encoder.identity.input_size)
 
     def propose(self, image: ImageLike) -> Proposals:
-        """SAM2 proposals on an image (METHOD.md section 2), in the proposer's input space."""
+        """SAM2 proposals on an image (docs/method.md section 3), in the proposer's input space."""
         pixels = load_image(image)
         return self._propose(self._proposer_input(pixels))
 

@@ -1,6 +1,6 @@
 """Instance masks for box-only data sets (PASCAL VOC, CD-FSOD), made by prompting SAM2 with boxes.
 
-METHOD.md section 5: the paper made the masks of its box-only benchmarks, for references and
+docs/method.md 9.4: the paper made the masks of its box-only benchmarks, for references and
 targets alike, by prompting SAM with the ground-truth boxes. The paper used SAM ViT-H (SAM 1);
 refseg uses the configured SAM2 proposer instead (``Proposer.decode_boxes``), so masks, and
 segm numbers measured against them, differ slightly from the paper's.

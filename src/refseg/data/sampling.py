@@ -1,4 +1,4 @@
-"""Few-shot reference sampling (METHOD.md section 5).
+"""Few-shot reference sampling (docs/method.md 9.2).
 
 Per class, the class's annotations are shuffled with a seeded RNG and walked in that order;
 an annotation is skipped if it is a crowd region, its box is under ``min_size`` px on a side

@@ -43,7 +43,7 @@ COCO_CATEGORIES: tuple[tuple[int, str], ...] = (
 
 COCO_CLASSES: tuple[str, ...] = tuple(name for _, name in COCO_CATEGORIES)
 
-#: The 20 COCO-FSOD novel classes (METHOD.md section 5), in the paper's order.
+#: The 20 COCO-FSOD novel classes (docs/method.md 9.1), in the paper's order.
 COCO_FSOD_NOVEL: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "boat", "bird", "cat",
     "dog", "horse", "sheep", "cow", "bottle", "chair", "couch", "potted plant", "dining table", "tv",

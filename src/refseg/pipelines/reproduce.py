@@ -23,7 +23,7 @@ from ..targets import coco_targets_and_categories, read_json
 from .predict import json_category_ids, predict_in_context
 from .reporter import Reporter
 
-# METHOD.md section 6: COCO-FSOD novel classes, AP bbox / segm in percent.
+# docs/method.md 9.5: the paper's COCO-FSOD novel classes, AP bbox / segm in percent.
 # shots -> ((seed 33 bbox, segm), (10-seed mean bbox, std, mean segm, std))
 PAPER_COCO_FSOD: dict[int, tuple[tuple[float, float], tuple[float, float, float, float]]] = {
     1: ((25.6, 24.1), (24.5, 1.5, 22.9, 1.6)),
@@ -177,7 +177,7 @@ def _same_memory(memory_path: Path, context_ratio: float, reporter: Reporter) ->
 
 
 def paper_comparison(scores: dict[str, Any], shots: int, seed: int, limit: int | None) -> str:
-    """Our nAP beside the paper's figure (METHOD.md section 6)."""
+    """Our nAP beside the paper's figure (docs/method.md 9.5)."""
     lines = [f"COCO-FSOD novel classes, {shots}-shot, seed {seed}: nAP in percent"]
     paper = PAPER_COCO_FSOD.get(shots)
     header = f"{'':6} {'refseg':>8}"
