@@ -60,7 +60,7 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return completed
 
 
-@pytest.mark.slow  # two torchrun processes: left out of the default run; CI runs it (-m slow)
+@pytest.mark.slow  # two torchrun processes: left out of the default run; the README's command and CI run it
 def test_two_gloo_processes_write_the_single_process_file(
     tmp_path: Path, tiny_sam2_dir: Path, tiny_dinov2_dir: Path
 ) -> None:
