@@ -144,12 +144,11 @@ def compare_target(a: Path, b: Path, image_id: int) -> dict:
     fb = tb["features_sample"].astype(np.float32).reshape(1024, -1).T
     out["feature_cosine_q"] = q(cosine(fa, fb), (0.0, 0.5))
     # scores and labels on common survivors
-    ia = {p: n for n, p in enumerate(np.sort(ta["survivors"]))}
-    ib = {p: n for n, p in enumerate(np.sort(tb["survivors"]))}
-    # research survivors are stored in its own order: map by prompt id
+    # rows of scores / labels follow each program's own proposal order: map them by prompt id
     order_a = ta.get("survivors_native_order", ta["survivors"])
     ia = {int(p): n for n, p in enumerate(order_a)}
-    ib = {int(p): n for n, p in enumerate(tb["survivors"])}
+    order_b = tb.get("survivors_native_order", tb["survivors"])
+    ib = {int(p): n for n, p in enumerate(order_b)}
     common = sorted(set(ia) & set(ib))
     la = np.array([ta["labels"][ia[p]] for p in common])
     lb = np.array([tb["labels"][ib[p]] for p in common])
@@ -213,6 +212,7 @@ def main() -> None:
     ap.add_argument("b", type=Path)
     ap.add_argument("--inputs", type=Path, default=Path(__file__).parent / "inputs")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--no-eval", action="store_true", help="skip the evaluation stage")
     args = ap.parse_args()
     report: dict = {"a": str(args.a), "b": str(args.b)}
     compare_sampler(args.a, args.b, report)
@@ -265,7 +265,8 @@ def main() -> None:
         )
     report["totals"] = tot
     print(f"[totals] {json.dumps(tot)}")
-    evaluate_both(args.a, args.b, args.inputs, report)
+    if not args.no_eval:
+        evaluate_both(args.a, args.b, args.inputs, report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import dumpformat as fmt
 import numpy as np
 import torch
+import variants
 
 from refseg import matching
 from refseg.data.images import load_image
@@ -38,6 +39,8 @@ from refseg.models.sam2 import imagenet_normalize
 from refseg.preprocess import encoder_input, proposer_input
 from refseg.segmenter import Segmenter
 
+CHECK = True  # run add_reference / predict too and assert the dump equals them (--no-check: half the time)
+
 
 def dump_references(seg: Segmenter, refs: dict, root: Path, out: Path) -> None:
     ids, cats, boxes, crop_boxes, enc_stats, soft_sums, weights, feats = [], [], [], [], [], [], [], []
@@ -46,6 +49,7 @@ def dump_references(seg: Segmenter, refs: dict, root: Path, out: Path) -> None:
     size = seg.encoder.identity.input_size
     grid = size // seg.encoder.patch_size
     for ann in refs["annotations"]:
+        variants.STATE["annotation"] = ann
         info = images[int(ann["image_id"])]
         pixels = load_image(root / info["file_name"])
         mask = decode_mask(ann["segmentation"], pixels.shape[:2])
@@ -54,8 +58,11 @@ def dump_references(seg: Segmenter, refs: dict, root: Path, out: Path) -> None:
             features = seg.encoder.encode(crop[None])[0].float().cpu()
         w37 = torch.nn.functional.interpolate(soft[None, None], size=(grid, grid), mode="nearest")[0, 0]
         feature = matching_pool(features, soft)
-        ref_id = seg.add_reference(pixels, names[int(ann["category_id"])], mask=mask)
-        assert torch.equal(seg.memory.reference_features[-1], feature), "dump and add_reference differ"
+        if CHECK:
+            seg.add_reference(pixels, names[int(ann["category_id"])], mask=mask)
+            assert torch.equal(seg.memory.reference_features[-1], feature), "dump and add_reference differ"
+        else:
+            seg.memory.add(feature, names[int(ann["category_id"])])
         ids.append(int(ann["id"]))
         cats.append(int(ann["category_id"]))
         boxes.append(mask_box(mask))
@@ -64,7 +71,6 @@ def dump_references(seg: Segmenter, refs: dict, root: Path, out: Path) -> None:
         soft_sums.append(float(soft.sum()))
         weights.append(w37.numpy().astype(np.float16))
         feats.append(feature.numpy())
-        del ref_id
     fmt.save_npz(
         out / "references.npz",
         annotation_ids=np.array(ids),
@@ -126,7 +132,14 @@ def dump_target(seg: Segmenter, path: Path, image_id: int, category_ids: list[in
     assert np.array_equal(instances.masks, result.masks.numpy()) and np.array_equal(
         instances.scores, result.scores.numpy()
     )
-    survivors = np.flatnonzero(keep.numpy())
+    step = (proposer.image_size - 1) / (s.points_per_side - 1)
+    cells = np.rint((points.numpy() - 0.5) / step).astype(np.int64)
+    prompt_ids = cells[:, 1] * s.points_per_side + cells[:, 0]  # canonical id of each prompt
+    canonical = np.argsort(prompt_ids)
+    survivors = prompt_ids[np.flatnonzero(keep.numpy())]
+    if "boxes_inclusive" in variants.STATE["active"]:
+        instances.boxes[:, 2:] -= 1.0
+        result.boxes[:, 2:] -= 1.0
     cat = np.array(category_ids)
     proj = fmt.projection(features.shape[0])
     emb = embedding.image_embeddings[0].float().cpu().numpy()
@@ -139,10 +152,11 @@ def dump_target(seg: Segmenter, path: Path, image_id: int, category_ids: list[in
         embedding_sample=emb[:, ::4, ::4].astype(np.float16),
         feat_s0_stats=fmt.stats(embedding.feat_s0.float().numpy()),
         feat_s1_stats=fmt.stats(embedding.feat_s1.float().numpy()),
-        prompt_points=points.numpy(),
-        prompt_iou=all_iou.numpy(),
-        prompt_mask_rle=fmt.encode_masks((everything.low_res_logits > 0).numpy()),
-        survivors=survivors,
+        prompt_points=points.numpy()[canonical],
+        prompt_iou=all_iou.numpy()[canonical],
+        prompt_mask_rle=fmt.encode_masks((everything.low_res_logits > 0).numpy()[canonical]),
+        survivors=np.sort(survivors),
+        survivors_native_order=survivors,
         dino_input_stats=fmt.channel_stats(imagenet_normalize(dino_in)[0].numpy()),
         dino_input_sample=imagenet_normalize(dino_in)[0, :, ::8, ::8].numpy().astype(np.float16),
         features_sample=features[:, :: fmt.FEATURE_STRIDE, :: fmt.FEATURE_STRIDE].numpy().astype(np.float16),
@@ -171,13 +185,22 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=33)
     ap.add_argument("--shots", type=int, default=5)
     ap.add_argument("--images", type=int, default=0, help="only the first N targets (0: all)")
+    ap.add_argument(
+        "--variant", default="", help="measurement only: comma-separated research conventions (variants.py)"
+    )
+    ap.add_argument("--image-ids", default="", help="only these target image ids (comma-separated)")
+    ap.add_argument("--no-check", action="store_true", help="skip the add_reference/predict cross-check")
     args = ap.parse_args()
+    global CHECK
+    CHECK = not args.no_check
     torch.manual_seed(0)
     inputs, out = Path(args.inputs), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     proposer = load_proposer(args.sam2, device="cpu")
     encoder = load_encoder(args.encoder, device="cpu")
     seg = Segmenter(proposer, encoder, preset="paper")
+    if args.variant:
+        variants.apply(set(args.variant.split(",")), globals(), proposer)
     coco = json.loads((inputs / "references.json").read_text())
     names = [c["name"] for c in coco["categories"]]
     picked = sample_references(coco, names, args.shots, args.seed)
@@ -201,6 +224,9 @@ def main() -> None:
     gt = json.loads((inputs / "targets_gt.json").read_text())
     results = []
     images = gt["images"][: args.images] if args.images else gt["images"]
+    if args.image_ids:
+        wanted = {int(i) for i in args.image_ids.split(",")}
+        images = [i for i in images if int(i["id"]) in wanted]
     for info in images:
         t0 = time.time()
         results += dump_target(
