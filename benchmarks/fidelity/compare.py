@@ -181,22 +181,99 @@ def compare_target(a: Path, b: Path, image_id: int) -> dict:
     return out
 
 
-def evaluate_both(a: Path, b: Path, inputs: Path, report: dict) -> None:
+NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def plain_pycocotools(gt_path: Path, results: list, image_ids: list[int] | None) -> dict:
+    """The research code's way: COCO.loadRes of the results as they are (boxes kept for segm,
+    so pycocotools takes segm areas from the boxes), COCOeval summarize, percent."""
+    import contextlib
+    import copy
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    out = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_path))
+        dt = gt.loadRes(copy.deepcopy(results))
+        for iou_type in ("bbox", "segm"):
+            ev = COCOeval(gt, dt, iou_type)
+            if image_ids:
+                ev.params.imgIds = sorted(image_ids)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+            out[iou_type] = {
+                n: (100 * float(v) if v >= 0 else -1.0) for n, v in zip(NAMES, ev.stats, strict=True)
+            }
+    return out
+
+
+def results_from_dump(dump: Path) -> list[dict]:
+    """COCO results of a dump's final instances (boxes as the program reported them), for a
+    run stopped before it wrote results.json."""
+    from refseg.instances import Instances
+
+    results = []
+    for image_id in sorted(_target_ids(dump)):
+        t = fmt.load_npz(dump / f"target_{image_id}.npz")
+        masks = fmt.decode_masks(t["final_mask_rle"], tuple(t["image_size"]))
+        labels = np.asarray(t["final_labels"], dtype=np.int64)
+        inst = Instances(
+            masks, t["final_boxes"].astype(np.float32), t["final_scores"].astype(np.float32), labels
+        )
+        results += inst.to_coco(image_id, category_ids=list(range(int(labels.max(initial=0)) + 1)))
+    return results
+
+
+def gt_from_dump(dump: Path, inputs: Path, top: int, out: Path) -> Path:
+    """A ground truth made of a dump's own top-``top`` final instances per image: evaluating
+    both programs against it measures how far B's output is from A's in AP terms (A's own
+    results score ~100 by construction)."""
+    from pycocotools import mask as mask_utils
+
+    gt = json.loads((inputs / "targets_gt.json").read_text())
+    images = [i for i in gt["images"] if int(i["id"]) in set(_target_ids(dump))]
+    annotations = []
+    for info in images:
+        t = fmt.load_npz(dump / f"target_{info['id']}.npz")
+        masks = fmt.decode_masks(t["final_mask_rle"][:top], tuple(t["image_size"]))
+        for k, mask in enumerate(masks):
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            annotations.append({
+                "id": len(annotations) + 1, "image_id": int(info["id"]), "category_id": int(t["final_labels"][k]),
+                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}, "iscrowd": 0,
+                "area": float(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+            })  # fmt: skip
+    out.write_text(json.dumps({"images": images, "annotations": annotations, "categories": gt["categories"]}))
+    return out
+
+
+def evaluate_both(a: Path, b: Path, inputs: Path, report: dict, gt_path: Path | None = None) -> None:
     from refseg.evaluate import evaluate
+
+    gt_path = gt_path or inputs / "targets_gt.json"
 
     rows = {}
     for name, d in (("a", a), ("b", b)):
-        res = json.loads((d / "results.json").read_text())
-        meta = json.loads((d / "meta.json").read_text())
-        ids = meta.get("images")
-        mine = evaluate(inputs / "targets_gt.json", res, image_ids=ids)
+        res = (
+            json.loads((d / "results.json").read_text())
+            if (d / "results.json").exists()
+            else results_from_dump(d)
+        )
+        ids = sorted(set(_target_ids(a)) & set(_target_ids(b)))
+        mine = evaluate(gt_path, res, image_ids=ids)
         rows[name] = {
             "own": json.loads((d / "eval.json").read_text()) if (d / "eval.json").exists() else None,
             "refseg_eval": {t: mine[t] for t in ("bbox", "segm")},
+            "pycocotools": plain_pycocotools(gt_path, res, ids),
         }
-    report["evaluation"] = rows
+    report["evaluation" if gt_path == inputs / "targets_gt.json" else "evaluation_against_a"] = rows
+    print(f"[eval] ground truth: {gt_path.name}")
     for name in ("a", "b"):
-        for how in ("own", "refseg_eval"):
+        for how in ("own", "refseg_eval", "pycocotools"):
             r = rows[name][how]
             if r:
                 print(
@@ -206,6 +283,10 @@ def evaluate_both(a: Path, b: Path, inputs: Path, report: dict) -> None:
                 )
 
 
+def _target_ids(dump: Path) -> list[int]:
+    return [int(p.stem.split("_")[1]) for p in dump.glob("target_*.npz")]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("a", type=Path)
@@ -213,14 +294,14 @@ def main() -> None:
     ap.add_argument("--inputs", type=Path, default=Path(__file__).parent / "inputs")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--no-eval", action="store_true", help="skip the evaluation stage")
+    ap.add_argument(
+        "--gt-from-a", type=int, default=20, help="also evaluate against A's top-N instances (0: no)"
+    )
     args = ap.parse_args()
     report: dict = {"a": str(args.a), "b": str(args.b)}
     compare_sampler(args.a, args.b, report)
     compare_references(args.a, args.b, report)
-    ids = sorted(
-        set(json.loads((args.a / "meta.json").read_text())["images"])
-        & set(json.loads((args.b / "meta.json").read_text())["images"])
-    )
+    ids = sorted(set(_target_ids(args.a)) & set(_target_ids(args.b)))
     report["targets"] = []
     tot = {}
     for image_id in ids:
@@ -267,6 +348,12 @@ def main() -> None:
     print(f"[totals] {json.dumps(tot)}")
     if not args.no_eval:
         evaluate_both(args.a, args.b, args.inputs, report)
+        if args.gt_from_a:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                gt = gt_from_dump(args.a, args.inputs, args.gt_from_a, Path(tmp) / "gt_from_a.json")
+                evaluate_both(args.a, args.b, args.inputs, report, gt)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 
