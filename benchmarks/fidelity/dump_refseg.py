@@ -189,6 +189,12 @@ def main() -> None:
         "--variant", default="", help="measurement only: comma-separated research conventions (variants.py)"
     )
     ap.add_argument("--image-ids", default="", help="only these target image ids (comma-separated)")
+    ap.add_argument(
+        "--references-from",
+        type=Path,
+        default=None,
+        help="reuse the pooled reference features of an earlier dump",
+    )
     ap.add_argument("--no-check", action="store_true", help="skip the add_reference/predict cross-check")
     args = ap.parse_args()
     global CHECK
@@ -212,7 +218,18 @@ def main() -> None:
         },
     )
     t0 = time.time()
-    dump_references(seg, picked, inputs / "references", out)
+    if args.references_from is not None:  # same sampler picks, features as that run pooled them
+        import shutil
+
+        refs = fmt.load_npz(args.references_from / "references.npz")
+        by_id = {int(c["id"]): c["name"] for c in coco["categories"]}
+        picked_ids = [a["id"] for a in picked["annotations"]]
+        assert [int(i) for i in refs["annotation_ids"]] == picked_ids, "another sample than the reused dump"
+        for category_id, feature in zip(refs["category_ids"], refs["features"], strict=True):
+            seg.memory.add(torch.from_numpy(feature), by_id[int(category_id)])
+        shutil.copy(args.references_from / "references.npz", out / "references.npz")
+    else:
+        dump_references(seg, picked, inputs / "references", out)
     by_name = {c["name"]: int(c["id"]) for c in coco["categories"]}
     category_ids = [by_name[n] for n in seg.memory.class_names]
     fmt.save_npz(
