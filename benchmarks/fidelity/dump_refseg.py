@@ -138,7 +138,9 @@ def dump_target(seg: Segmenter, path: Path, image_id: int, category_ids: list[in
     canonical = np.argsort(prompt_ids)
     survivors = prompt_ids[np.flatnonzero(keep.numpy())]
     if "boxes_inclusive" in variants.STATE["active"]:
+        instances.boxes = instances.boxes.copy()
         instances.boxes[:, 2:] -= 1.0
+        result.boxes = result.boxes.clone()  # an inference-mode tensor: no in-place update
         result.boxes[:, 2:] -= 1.0
     cat = np.array(category_ids)
     proj = fmt.projection(features.shape[0])
