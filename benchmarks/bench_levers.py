@@ -8,7 +8,7 @@ variants so that a noisy machine affects them alike, and keeping the fastest of 
 
 - decoder: stock ``Sam2Model.forward`` with all prompts in one call (the paper's way), stock in
   batches of 16, refseg's fast decoder without and with the conv1 chain, with the image tokens
-  built per prompt and as low-rank descriptions (models/low_rank_tokens.py), and the fast
+  built per prompt and as low-rank descriptions (models/sam2/low_rank_tokens.py), and the fast
   decoder's prompt chunk sizes;
 - image encoder: transformers' forward and refseg's lean one (time and working set, i.e. peak
   resident memory above the weights);
@@ -16,11 +16,11 @@ variants so that a noisy machine affects them alike, and keeping the fastest of 
 - with ``--torch-compile`` (needs a C++ compiler; ~20 s of compiling per shape), the fast
   decoder's two-way transformer (8 prompts) and its upscaling (4 prompts) eager and compiled.
 
-glibc malloc retention (models/malloc.py) is not among them: switched off and on inside one
-process, freed heap chunks from the "on" phases are still reused, so both variants measured
-alike here (10.45 vs 10.38 s encoder, 17.2 vs 17.3 ms per prompt) while fresh processes show
-the real effect. Measure it with the stage benchmark instead, whose configurations each run
-in a fresh process: ``REFSEG_RETAIN_FREED_MEMORY=0 python benchmarks/bench_stages.py ...``.
+glibc malloc retention (refseg/runtime.py; on here, as in the ``refseg`` command) is not among
+them: switched off and on inside one process, freed heap chunks from the "on" phases are still
+reused, so both variants measured alike (docs/speed.md) while fresh processes show the real
+effect. Measure it with the stage benchmark instead, whose configurations each run in a fresh
+process: ``REFSEG_RETAIN_FREED_MEMORY=0 python benchmarks/bench_stages.py ...``.
 
 Every decoder variant's proposals are compared with the stock decoder's (max logit and IoU
 difference), and the lean encoder's features with the stock encoder's.
@@ -47,10 +47,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from refseg import matching  # noqa: E402
-from refseg.models import fast_decoder, malloc  # noqa: E402
+from refseg import matching, runtime  # noqa: E402
 from refseg.models.loading import load_proposer  # noqa: E402
-from refseg.models.sam2 import Sam2Proposer, decode_points_stock  # noqa: E402
+from refseg.models.sam2 import (  # noqa: E402
+    Sam2Options,
+    Sam2Proposer,
+    decode_points_stock,
+    fast_decoder,
+    image_context,
+    two_way,
+)
 from refseg.preprocess import proposer_input  # noqa: E402
 
 DEFAULT_IMAGE = HERE / "data" / "coffee.png"
@@ -77,7 +83,7 @@ def _reset_peak() -> None:
 
 def timed(run: Callable[[], Any]) -> tuple[float, float | None, Any]:
     """Seconds, peak resident GiB above the starting point (None off Linux), result."""
-    malloc.release_freed_memory()
+    runtime.release_freed_memory()
     start = _status_gib("VmRSS")
     _reset_peak()
     begin = time.perf_counter()
@@ -98,20 +104,15 @@ def alternate(variants: dict[str, Callable[[], Any]], repeats: int) -> dict[str,
     return best
 
 
-def _with_setting(name: str, value: Any, run: Callable[[], Any]) -> Callable[[], Any]:
-    """``run`` with the fast decoder's module setting ``name`` (PROMPT_CHUNK, CONV1_CHAIN,
-    LOW_RANK_TOKENS) set
-    to ``value`` for the call."""
-
-    def call() -> Any:
-        saved = getattr(fast_decoder, name)
-        setattr(fast_decoder, name, value)
-        try:
-            return run()
-        finally:
-            setattr(fast_decoder, name, saved)
-
-    return call
+def _decode_with(
+    proposer: Sam2Proposer, embedding: Any, points: torch.Tensor, **options: Any
+) -> Callable[[], Any]:
+    """Decode ``points`` with a proposer that shares ``proposer``'s model and uses these
+    :class:`Sam2Options` (prompt_chunk, conv1_chain, low_rank_tokens...)."""
+    variant = Sam2Proposer(
+        proposer.model, device=proposer.device, decoder="fast", options=Sam2Options(**options), check=False
+    )
+    return lambda: variant.decode_points(embedding, points, batch_size=64, iou_threshold=-1.0)
 
 
 def _difference(a: Any, b: Any) -> dict[str, float]:
@@ -133,9 +134,10 @@ def add_compile_rows(
 ) -> None:
     """torch.compile (inductor, static shapes) of the fast decoder's two parts, on fixed chunks."""
     model = proposer.model
+    options = proposer.options
     with torch.inference_mode():
-        context = fast_decoder._prepare_image(model, embedding)
-        chunk = points[: fast_decoder.PROMPT_CHUNK]
+        context = image_context.prepare_image(model, embedding, options)
+        chunk = points[: options.prompt_chunk]
         n = chunk.shape[0]
         sparse, _ = model.prompt_encoder(
             input_points=chunk.view(1, n, 1, 2),
@@ -144,22 +146,22 @@ def add_compile_rows(
             input_masks=None,
         )
         outputs = [1, *range(3, 2 + model.mask_decoder.num_mask_tokens)]
-        queries, keys, trace = fast_decoder._run_transformer(model, context, sparse[0], outputs)
-        k = min(n, fast_decoder.UPSCALE_CHUNK)
+        queries, keys, trace = two_way.run_transformer(model, context, sparse[0], outputs)
+        k = min(n, options.upscale_chunk)
         hyper = torch.randn(
             (k, model.mask_decoder.config.hidden_size // 8), generator=torch.Generator().manual_seed(0)
         )
         rows = slice(0, k)
         parts = {
             "two-way transformer": (
-                fast_decoder._run_transformer,
+                two_way.run_transformer,
                 (model, context, sparse[0], outputs),
                 n,
                 lambda result: result[0],
             ),
             "upscaling": (
                 fast_decoder._upscale_masks,
-                (model, context, keys, hyper, trace, rows),
+                (model, context, keys, hyper, trace, rows, options.pixel_tile),
                 k,
                 lambda r: r,
             ),
@@ -196,9 +198,9 @@ def run_levers(
     torch_compile: bool = False,
 ) -> dict[str, Any]:
     """All lever comparisons on one SAM2 checkpoint; returns rows and the machine."""
-    stock = load_proposer(sam2_dir, device="cpu", decoder="stock", encoder="stock")
-    # The lean proposer changes its model's blocks: a second copy of the weights.
     lean = load_proposer(sam2_dir, device="cpu", decoder="fast", encoder="lean")
+    # The lean encoder leaves the model as it is: every variant shares one copy of the weights.
+    stock = Sam2Proposer(lean.model, device="cpu", decoder="stock", encoder="stock", check=False)
     pixels = np.asarray(Image.open(image).convert("RGB"))
     square = proposer_input(pixels, stock.image_size)[0]
     points = matching.point_grid(int(np.ceil(np.sqrt(prompts))), stock.image_size)[:prompts]
@@ -210,7 +212,7 @@ def run_levers(
         )
 
     def fast_decode() -> Any:
-        return lean.decode(embedding, points, batch_size=64, iou_threshold=-1.0)
+        return lean.decode_points(embedding, points, batch_size=64, iou_threshold=-1.0)
 
     rows: list[dict[str, Any]] = []
 
@@ -231,15 +233,16 @@ def run_levers(
     decoders = {
         f"stock, all {prompts} prompts in one call": stock_decode(prompts),
         "stock, batches of 16": stock_decode(16),
-        "fast, conv1 direct": _with_setting("CONV1_CHAIN", False, fast_decode),
-        "fast, conv1 through the LayerNorm chain, tokens built": _with_setting(
-            "LOW_RANK_TOKENS", False, fast_decode
+        "fast, conv1 direct": _decode_with(lean, embedding, points, conv1_chain=False),
+        "fast, conv1 through the LayerNorm chain, tokens built": _decode_with(
+            lean, embedding, points, low_rank_tokens=False
         ),
         "fast, conv1 chain and low-rank tokens (default)": fast_decode,
     }
     add("SAM2 decoder", alternate(decoders, repeats), next(iter(decoders)), prompts)
     chunked = {
-        f"fast, prompt chunk {size}": _with_setting("PROMPT_CHUNK", size, fast_decode) for size in chunks
+        f"fast, prompt chunk {size}": _decode_with(lean, embedding, points, prompt_chunk=size)
+        for size in chunks
     }
     add("fast decoder chunk", alternate(chunked, repeats), next(iter(chunked)), prompts)
     encoders = {
@@ -256,7 +259,7 @@ def run_levers(
         add("bfloat16 autocast", alternate(precision, repeats), "lean encoder, float32", None)
         precision = {
             "fast decoder, float32": fast_decode,
-            "fast decoder, bfloat16": lambda: half.decode(
+            "fast decoder, bfloat16": lambda: half.decode_points(
                 embedding, points, batch_size=64, iou_threshold=-1.0
             ),
         }
@@ -322,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    runtime.retain_freed_memory()  # the refseg command's policy (huge pages: script_env)
     sam2_dir = args.sam2
     if sam2_dir is None:
         from bench_models import checkpoint_dir

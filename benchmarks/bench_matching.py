@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from refseg import matching
+from refseg.masks import masks_to_boxes_inclusive
 
 LOW_RES = 256
 
@@ -160,7 +161,7 @@ def straightforward_postprocess(
     features = F.normalize(sums / flat.sum(1).clamp(min=1)[:, None], dim=1)
     similarity = (features @ inputs.prototypes.T).clamp(min=0)
     scores, labels = similarity.max(dim=1)
-    keep = matching.batched_nms(matching.masks_to_boxes(binary), inputs.predicted_iou, labels, nms_threshold)
+    keep = matching.batched_nms(masks_to_boxes_inclusive(binary), inputs.predicted_iou, labels, nms_threshold)
     keep = keep[:max_candidates]
     keep = keep[scores[keep] > 0]
     masks = (
@@ -186,7 +187,7 @@ def straightforward_postprocess(
     final_masks = masks[top]
     return matching.MatchResult(
         masks=final_masks,
-        boxes=matching.masks_to_boxes(final_masks) + torch.tensor([0.0, 0.0, 1.0, 1.0]),  # exclusive x2, y2
+        boxes=masks_to_boxes_inclusive(final_masks) + torch.tensor([0.0, 0.0, 1.0, 1.0]),  # exclusive x2, y2
         scores=merged[top],
         labels=kept_labels[top],
         indices=keep[top],
@@ -241,7 +242,7 @@ def time_matching(inputs: MatchingInputs, repeats: int = 3) -> dict[str, object]
     )
     features = matching.pool_object_features(inputs.feature_map, binary, "fast")
     scores, labels = matching.score_proposals(features, inputs.prototypes)
-    keep = matching.batched_nms(matching.masks_to_boxes(binary), inputs.predicted_iou, labels, 0.5)[:800]
+    keep = matching.batched_nms(masks_to_boxes_inclusive(binary), inputs.predicted_iou, labels, 0.5)[:800]
     keep = keep[scores[keep] > 0]
 
     def merge_cropped() -> torch.Tensor:

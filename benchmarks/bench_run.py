@@ -36,6 +36,9 @@ class CodePath:
         encoder: SAM2 image encoder forward, "lean" (refseg's, less memory) or "stock".
         batch_size: prompts per decoder call; None means the preset's.
         pool: mask-average pooling of :func:`refseg.matching.postprocess`, "fast" or "dense".
+        retain_freed_memory: the worker keeps freed heap memory for reuse and trims it between
+            stages (:func:`refseg.runtime.retain_freed_memory`, the ``refseg`` command's policy;
+            CPU only; ``REFSEG_RETAIN_FREED_MEMORY=0`` in the environment turns it off).
         huge_pages: run the worker with ``THP_MEM_ALLOC_ENABLE=1`` (torch then asks for
             2 MiB transparent huge pages for tensors >= 2 MiB: far fewer page faults when
             big temporaries are allocated and freed per batch). Read by torch at import, so
@@ -47,15 +50,28 @@ class CodePath:
     encoder: str
     batch_size: int | None
     pool: str
+    retain_freed_memory: bool
     huge_pages: bool
 
 
 PATHS: dict[str, CodePath] = {
     "optimised": CodePath(
-        "optimised", decoder="fast", encoder="lean", batch_size=None, pool="fast", huge_pages=True
+        "optimised",
+        decoder="fast",
+        encoder="lean",
+        batch_size=None,
+        pool="fast",
+        retain_freed_memory=True,
+        huge_pages=True,
     ),
     "straightforward": CodePath(
-        "straightforward", decoder="stock", encoder="stock", batch_size=256, pool="dense", huge_pages=False
+        "straightforward",
+        decoder="stock",
+        encoder="stock",
+        batch_size=256,
+        pool="dense",
+        retain_freed_memory=False,
+        huge_pages=False,
     ),
 }
 
@@ -262,7 +278,7 @@ def run_configuration(spec: RunSpec) -> dict[str, Any]:
     """
     import torch
 
-    from refseg import matching
+    from refseg import matching, runtime
     from refseg.memory import MemoryBank
     from refseg.models.loading import load_encoder, load_proposer
     from refseg.presets import get_preset
@@ -272,6 +288,9 @@ def run_configuration(spec: RunSpec) -> dict[str, Any]:
     if spec.threads:
         torch.set_num_threads(spec.threads)
     cuda = spec.device.startswith("cuda")
+    retained = False
+    if code_path.retain_freed_memory and not cuda:
+        retained = runtime.retain_freed_memory()  # before the first heavy stage, as the refseg command
 
     rss = PeakRss()
     start = time.perf_counter()
@@ -295,10 +314,12 @@ def run_configuration(spec: RunSpec) -> dict[str, Any]:
         points_batch_size=code_path.batch_size,
         dtype=spec.dtype,
     )
-    segmenter = Segmenter(proposer, encoder, memory=memory, preset=settings)
+    segmenter = Segmenter(
+        proposer, encoder, memory=memory, preset=settings, between_stages=runtime.release_freed_memory
+    )
     clock = StageClock(synchronize=torch.cuda.synchronize if cuda else None, rss=rss)
     proposer.embed = clock.wrap("embed", proposer.embed, keep=lambda e: e.image_embeddings[0].float().cpu())
-    proposer.decode = clock.wrap("decode", proposer.decode, keep=lambda proposals: proposals)
+    proposer.decode_points = clock.wrap("decode", proposer.decode_points, keep=lambda proposals: proposals)
     encoder.encode = clock.wrap("encode", encoder.encode, keep=lambda features: features[0].float().cpu())
     postprocess = clock.wrap("match", functools.partial(matching.postprocess, pool=code_path.pool))
 
@@ -340,6 +361,7 @@ def run_configuration(spec: RunSpec) -> dict[str, Any]:
         "decoder": code_path.decoder,
         "encoder": code_path.encoder,
         "pool": code_path.pool,
+        "retain_freed_memory": retained,
         "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0"),
         "load_s": load_seconds,
         "stages": best["wall"],

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import importlib
 import time
 from pathlib import Path
 
@@ -31,21 +32,27 @@ from bench_models import checkpoint_dir  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.profiler import profile  # noqa: E402
 
-from refseg import matching  # noqa: E402
-from refseg.models import fast_decoder  # noqa: E402
+from refseg import matching, runtime  # noqa: E402
 from refseg.models.loading import load_encoder, load_proposer  # noqa: E402
 from refseg.preprocess import encoder_input, proposer_input  # noqa: E402
 
-# The functions of the fast decoder's default float32 path (low-rank tokens, conv1 chain).
+# The functions of the fast decoder's default float32 path (low-rank tokens, conv1 chain), as
+# module.function in refseg.models.sam2: each is looked up in its module when it is called.
 DECODER_PARTS = (
-    "_prepare_image",
-    "_run_transformer_low_rank",
-    "_tokens_to_shared_image",
-    "_image_to_tokens_probs",
-    "_tokens_to_low_rank_image",
-    "_image_to_tokens_values",
-    "_upscale_masks",
+    "image_context.prepare_image",
+    "two_way.run_transformer_low_rank",
+    "two_way._tokens_to_shared_image",
+    "two_way._image_to_tokens_probs",
+    "two_way._tokens_to_low_rank_image",
+    "two_way._image_to_tokens_values",
+    "fast_decoder._upscale_masks",
 )
+
+
+def decoder_part(name: str):
+    """(module, function name) of a :data:`DECODER_PARTS` entry."""
+    module, function = name.split(".")
+    return importlib.import_module(f"refseg.models.sam2.{module}"), function
 
 
 def _operator_table(run, rows: int) -> str:
@@ -56,9 +63,10 @@ def _operator_table(run, rows: int) -> str:
 
 
 def _decoder_parts(run, prompts: int) -> str:
-    """Wall time per prompt of each fast-decoder function over one run."""
+    """Wall time per prompt of each fast-decoder function over one run (timers wrapped around
+    the functions in their modules for the run, then removed: profiling only)."""
     totals: dict[str, float] = collections.defaultdict(float)
-    saved = {name: getattr(fast_decoder, name) for name in DECODER_PARTS}
+    saved = {name: getattr(*decoder_part(name)) for name in DECODER_PARTS}
 
     def timed(name, function):
         @functools.wraps(function)
@@ -73,15 +81,15 @@ def _decoder_parts(run, prompts: int) -> str:
 
     try:
         for name, function in saved.items():
-            setattr(fast_decoder, name, timed(name, function))
+            setattr(*decoder_part(name), timed(name, function))
         start = time.perf_counter()
         run()
         whole = time.perf_counter() - start
     finally:
         for name, function in saved.items():
-            setattr(fast_decoder, name, function)
+            setattr(*decoder_part(name), function)
     lines = [f"whole decode: {1000 * whole / prompts:.2f} ms per prompt", ""]
-    lines += [f"{name:26s} {1000 * totals[name] / prompts:6.2f} ms per prompt" for name in DECODER_PARTS]
+    lines += [f"{name:34s} {1000 * totals[name] / prompts:6.2f} ms per prompt" for name in DECODER_PARTS]
     return "\n".join(lines)
 
 
@@ -95,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=20, help="operators shown")
     parser.add_argument("--image", type=Path, default=HERE / "data" / "coffee.png")
     args = parser.parse_args(argv)
+    runtime.retain_freed_memory()  # the refseg command's policy (huge pages: script_env)
     pixels = np.asarray(Image.open(args.image).convert("RGB"))
     if args.stage == "dinov2":
         encoder = load_encoder(checkpoint_dir("dinov2-large"), device="cpu")
@@ -114,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     points = matching.point_grid(side, proposer.image_size)[: args.prompts]
 
     def run():
-        return proposer.decode(embedding, points, batch_size=64, iou_threshold=-1.0)
+        return proposer.decode_points(embedding, points, batch_size=64, iou_threshold=-1.0)
 
     print(_operator_table(run, args.rows))
     print(_decoder_parts(run, args.prompts))

@@ -7,8 +7,9 @@ Writes:
 - overlay.png: ground truth (left) and refseg's prediction (right) on examples/coins/targets,
   with the one reference coin of examples/coins/references in memory.
 - memory.png: the memory picture of that reference (crop + PCA of its DINOv2 patch features).
-- app.png: the web app in headless Chromium after adding the reference (a typed box) and
-  running on the target (needs /usr/bin/chromium and ``pip install playwright``).
+- app-1-points.png ... app-8-message.png: the web app in headless Chromium, one picture per
+  step of :data:`APP_STEPS` (marking by clicks and by a box, the reference list, results,
+  corrections, a message); needs /usr/bin/chromium and ``pip install playwright``.
 
 Without --sam2/--encoder the models are tiny and randomly initialised: the pictures then show
 how refseg draws things, NOT what it finds, and each picture says so in a banner.
@@ -17,11 +18,11 @@ how refseg draws things, NOT what it finds, and each picture says so in a banner
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import json
 import logging
 import os
-import re
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -32,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_models.py and chromium.py: no side effects on import
 
-from chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from chromium import free_port, open_page  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "coins"
 REFERENCE = EXAMPLE / "references" / "coin" / "coins_top.png"
@@ -70,8 +71,8 @@ def with_banner(picture: Image.Image, text: str | None) -> Image.Image:
 
 def ground_truth_instances(height: int, width: int):
     from refseg import Instances
-    from refseg.data.coco import segmentation_to_mask
-    from refseg.instances import masks_to_boxes
+    from refseg.masks import masks_to_boxes_exclusive as masks_to_boxes
+    from refseg.masks import segmentation_to_mask
 
     data = json.loads(GROUND_TRUTH.read_text())
     names = {c["id"]: c["name"] for c in data["categories"]}
@@ -81,50 +82,148 @@ def ground_truth_instances(height: int, width: int):
     return Instances(masks, masks_to_boxes(masks), np.ones(len(labels), np.float32), labels, classes)
 
 
-def mask_box_text(mask: np.ndarray) -> str:
+# The steps of the web app pictured in the README: (file, what the picture shows). The order is
+# the order a person goes through them.
+APP_STEPS = (
+    ("app-1-points.png", "a click on the coin and a shift+click beside it: SAM2's mask at once"),
+    ("app-2-box.png", "a box dragged around the coin instead"),
+    ("app-3-mask-file.png", "the shipped image + mask file pair, the mask over the picture"),
+    (
+        "app-4-references.png",
+        "the reference list (thumbnail, class, how marked, file, remove) after a removal",
+    ),
+    ("app-5-results.png", "Run: one large view with class colours, tags and legend, and the strip"),
+    ("app-6-correct.png", "an instance clicked: Not coin / Background / Missed something"),
+    ("app-7-missed.png", "Missed something: a click on the missed object, its mask previewed"),
+    ("app-8-message.png", "an unreadable upload: one message, the file's name only"),
+)
+
+
+def _centre(mask: np.ndarray) -> tuple[float, float]:
+    """The centre of a mask as fractions (x, y) of its picture."""
     ys, xs = np.nonzero(mask)
-    return f"{xs.min()}, {ys.min()}, {xs.max() + 1}, {ys.max() + 1}"
+    return (xs.mean() + 0.5) / mask.shape[1], (ys.mean() + 0.5) / mask.shape[0]
 
 
-def app_screenshot(segmenter, reference_box: str, path: Path, banner: str | None) -> None:
-    """Drive the app in headless Chromium: one reference by box, one run; screenshot the page."""
-    from playwright.sync_api import expect, sync_playwright
+def app_screenshots(segmenter, reference_mask: np.ndarray, out: Path, banner: str | None) -> list[Path]:
+    """Drive the app in headless Chromium through the steps of :data:`APP_STEPS`, one picture each."""
+    from playwright.sync_api import expect
 
     from refseg import Segmenter
     from refseg.app import build_app, launch
 
     fresh = Segmenter(segmenter.proposer, segmenter.encoder, preset=segmenter.settings)  # empty memory
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     demo = build_app(fresh, score_threshold=0.0 if banner else 0.3)
-    url = launch(demo, host="127.0.0.1", port=port, block=False, quiet=True)
+    url = launch(demo, host="127.0.0.1", port=free_port(), block=False, quiet=True)
+    shots = Path(tempfile.mkdtemp())
+    written = []
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(300_000)
-            expect.set_options(timeout=300_000)
-            page.goto(url, wait_until="load")
-            page.wait_for_selector("#run")
+        with open_page(url, width=1280, height=1000, timeout_ms=300_000) as page:
+            page.wait_for_selector("#reference-canvas .pc-root")
+            message = page.locator("#message .msg")
+
+            def shoot(name: str, column: str) -> None:
+                page.wait_for_timeout(400)
+                page.locator(f"#{column}").screenshot(path=str(shots / name))
+                written.append(out / name)
+                with_banner(Image.open(shots / name), banner).save(out / name, optimize=True)
+
+            def click(canvas: str, fx: float, fy: float, modifier: str | None = None) -> None:
+                root = page.locator(f"#{canvas} .pc-root")
+                picture = page.locator(f"#{canvas} .pc-picture")
+                picture.scroll_into_view_if_needed()
+                box = picture.bounding_box()
+                shown = int(root.get_attribute("data-shown-seq") or 0)
+                if modifier:
+                    page.keyboard.down(modifier)
+                page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+                if modifier:
+                    page.keyboard.up(modifier)
+                expect(root).to_have_attribute("data-shown-seq", str(shown + 1))
+
+            page.locator("#reference-upload input[type=file]").set_input_files(str(REFERENCE))
+            expect(message).to_contain_text("click the object")
             page.locator("#class-name textarea, #class-name input").first.fill("coin")
-            page.locator("#reference-editor input[type=file]").set_input_files(str(REFERENCE))
-            page.wait_for_timeout(1000)
-            page.locator("#reference-box textarea, #reference-box input").first.fill(reference_box)
-            page.locator("#add-reference").click()
-            expect(page.locator("#memory-summary")).to_contain_text("1 reference(s)")
+            fx, fy = _centre(reference_mask)
+            click("reference-canvas", fx, fy)
+            click("reference-canvas", min(0.98, fx + 0.15), fy, modifier="Shift")
+            shoot("app-1-points.png", "references-column")
+
+            page.locator("#clear").click()
+            expect(page.locator("#reference-canvas .pc-marks > *")).to_have_count(0)
+            ys, xs = np.nonzero(reference_mask)
+            height, width = reference_mask.shape
+            box = page.locator("#reference-canvas .pc-picture").bounding_box()
+            root = page.locator("#reference-canvas .pc-root")
+            page.mouse.move(
+                box["x"] + (xs.min() - 4) / width * box["width"],
+                box["y"] + (ys.min() - 4) / height * box["height"],
+            )
+            page.mouse.down()
+            page.mouse.move(
+                box["x"] + (xs.max() + 5) / width * box["width"],
+                box["y"] + (ys.max() + 5) / height * box["height"],
+                steps=6,
+            )
+            page.mouse.up()
+            expect(root).to_have_attribute("data-shown-seq", "3")
+            shoot("app-2-box.png", "references-column")
+
+            page.locator("#accept").click()
+            expect(message).to_contain_text("Added reference #0")
+            page.get_by_role("tab", name="Image + mask file").click()
+            page.locator("#mask-upload input[type=file]").set_input_files(str(REFERENCE_MASK))
+            expect(message).to_contain_text(f"{REFERENCE_MASK.name} read")
+            shoot("app-3-mask-file.png", "references-column")
+            page.locator("#add-masked").click()
+            expect(message).to_contain_text("Added reference #1")
+            page.locator("#references .rl-row[data-id='0'] .rl-remove").click()  # the box's: keep the file's
+            expect(message).to_contain_text("Removed reference #0")
+            shoot("app-4-references.png", "references-column")
+
             page.locator("#targets input[type=file]").set_input_files(str(TARGET))
-            expect(page.locator("#targets")).to_contain_text(re.compile(rf"{TARGET.stem}\s*\{TARGET.suffix}"))
+            expect(message).to_contain_text("ready: press Run")
             page.locator("#run").click()
-            expect(page.locator("#overlays img").first).to_be_visible()
-            expect(page.locator("#result-files a")).to_have_count(2)
-            page.wait_for_timeout(1000)
-            shot = Path(tempfile.mkdtemp()) / "app.png"
-            page.screenshot(path=str(shot), full_page=True)
-            browser.close()
+            expect(message).to_contain_text("Done:")
+            shoot("app-5-results.png", "targets-column")
+
+            overlay = page.locator("#result-canvas .pc-overlay").get_attribute("src") or ""
+            if overlay.startswith("data:image/png;base64,"):  # click inside the first instance drawn
+                alpha = np.asarray(
+                    Image.open(io.BytesIO(base64.b64decode(overlay.split(",", 1)[1]))).convert("RGBA")
+                )
+                rows, cols = np.nonzero(alpha[..., 3] > 0)
+                if len(rows):
+                    middle = len(rows) // 2
+                    click(
+                        "result-canvas",
+                        (cols[middle] + 0.5) / alpha.shape[1],
+                        (rows[middle] + 0.5) / alpha.shape[0],
+                    )
+            shoot("app-6-correct.png", "targets-column")
+
+            page.locator("#missed").click()
+            expect(message).to_contain_text("Click the object refseg missed")
+            click("result-canvas", 0.5, 0.5)
+            shoot("app-7-missed.png", "targets-column")
+            page.locator("#missed-cancel").click()
+
+            bad = shots / "holiday.jpg"
+            bad.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG" + bytes(64))
+            page.locator("#reference-upload input[type=file]").set_input_files(str(bad))
+            expect(message).to_contain_text("Could not read holiday.jpg")
+            page.evaluate("() => window.scrollTo(0, 0)")
+            page.wait_for_timeout(300)
+            page.screenshot(
+                path=str(shots / "message.png"), clip={"x": 0, "y": 0, "width": 1280, "height": 520}
+            )
+            with_banner(Image.open(shots / "message.png"), banner).save(
+                out / "app-8-message.png", optimize=True
+            )
+            written.append(out / "app-8-message.png")
     finally:
         demo.close()
-    with_banner(Image.open(shot), banner).save(path, optimize=True)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     logger.info("wrote %s and %s", args.out / "overlay.png", args.out / "memory.png")
     if not args.no_app:
-        app_screenshot(segmenter, mask_box_text(reference_mask), args.out / "app.png", banner)
-        logger.info("wrote %s", args.out / "app.png")
+        for path in app_screenshots(segmenter, reference_mask, args.out, banner):
+            logger.info("wrote %s", path)
     return 0
 
 

@@ -19,11 +19,16 @@ import torch  # noqa: E402
 from tiny_models import tiny_dinov2_config, tiny_sam2_config, tiny_sam2_video_config  # noqa: E402
 from transformers import Dinov2Model, Dinov2WithRegistersModel, Sam2Model, Sam2VideoModel  # noqa: E402
 
+from refseg import runtime  # noqa: E402
 from refseg.models.dinov2 import Dinov2Encoder  # noqa: E402
 from refseg.models.loading import load_encoder, load_proposer  # noqa: E402
 from refseg.models.sam2 import Sam2Proposer  # noqa: E402
 
 SEED = 0
+
+# The test process's own policy, as the refseg command's: the suite decodes SAM2 grids many
+# times, and freed temporaries are reused instead of page-faulted in again (refseg.runtime).
+runtime.retain_freed_memory()
 
 
 def _save(model: torch.nn.Module, directory: Path) -> Path:

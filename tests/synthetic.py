@@ -2,10 +2,11 @@
 
 A scene is a grey noisy background with textured discs and squares; each class has its own
 colour. :class:`SyntheticEncoder` maps each patch's mean colour to a feature that encodes the
-class (a soft one-hot over the palette), and :class:`SyntheticProposer` finds the objects
-in the image itself (connected components of non-background pixels) and returns them as
-SAM2 would, plus the usual noise: a duplicate of each object, a fragment of each object,
-a low-quality proposal below the IoU threshold and background distractors.
+class (a soft one-hot over the palette; with ``lookalikes``, a :data:`LOOKALIKES` colour is seen
+as a mix of classes), and :class:`SyntheticProposer` finds the objects
+in the image itself (connected components of non-background pixels: its "embedding") and
+returns them as SAM2 would, plus the usual noise: a duplicate of each object, a fragment of
+each object, a low-quality proposal below the IoU threshold and background distractors.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ PALETTE = {
     "blue": (40, 70, 220),
     "yellow": (230, 200, 30),
 }
+#: Colours that are no class but that ``SyntheticEncoder(lookalikes=True)`` sees as the mean of
+#: classes: "purple" looks like red and blue alike, so it is nearer to the prototype of a class
+#: made of red and blue examples than those examples are (the distractor of the negative-example
+#: tests).
+LOOKALIKES = {"purple": ((120, 20, 140), ("red", "blue"))}
+COLOURS = {**PALETTE, **{name: colour for name, (colour, _) in LOOKALIKES.items()}}
 
 
 @dataclass
@@ -67,7 +74,7 @@ def make_scene(
                 raise RuntimeError("could not place an object; make the scene larger")
             occupied |= mask
             stripes = 12.0 * np.sin((xx + yy) / 3.0 + rng.random() * 6)
-            colour = np.array(PALETTE[class_name], dtype=np.float64)
+            colour = np.array(COLOURS[class_name], dtype=np.float64)
             image[mask] = np.clip(colour + stripes[mask][:, None], 0, 255)
             scene.masks.append(mask)
             scene.classes.append(class_name)
@@ -76,14 +83,28 @@ def make_scene(
 
 
 class SyntheticEncoder:
-    """Patch features that encode the class: soft one-hot of the patch colour over the palette."""
+    """Patch features that encode the class: soft one-hot of the patch colour over the palette.
 
-    def __init__(self, input_size: int = 518, patch_size: int = 14, sigma: float = 45.0) -> None:
+    With ``lookalikes``, a :data:`LOOKALIKES` colour's feature is the normalised sum of the
+    one-hots of the classes it looks like (the feature size does not change)."""
+
+    def __init__(
+        self, input_size: int = 518, patch_size: int = 14, sigma: float = 45.0, lookalikes: bool = False
+    ) -> None:
         self.patch_size = patch_size
         self.sigma = sigma
         colours = [BACKGROUND, *PALETTE.values()]
+        self.basis = None  # (colours, len(colours) of the palette): the feature of each colour
+        if lookalikes:
+            names = ["background", *PALETTE]
+            basis = torch.eye(len(colours))
+            for colour, looks_like in LOOKALIKES.values():
+                colours.append(colour)
+                mix = sum(basis[names.index(name)] for name in looks_like)
+                basis = torch.cat([basis, (mix / mix.norm())[None]])
+            self.basis = basis
         self.colours = torch.tensor(colours, dtype=torch.float32)  # (P, 3)
-        self.identity = EncoderIdentity("synthetic-colour", "1", input_size, len(colours) + 3)
+        self.identity = EncoderIdentity("synthetic-colour", "1", input_size, len(PALETTE) + 1 + 3)
         self.calls = 0
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -93,6 +114,8 @@ class SyntheticEncoder:
         means = F.avg_pool2d(images.float() * 255.0, self.patch_size)  # (B, 3, h, w)
         distance = ((means.unsqueeze(1) - self.colours[None, :, :, None, None]) ** 2).sum(2)  # (B, P, h, w)
         soft = torch.exp(-distance / (2 * self.sigma**2))
+        if self.basis is not None:
+            soft = torch.einsum("bphw,pc->bchw", soft, self.basis)
         padding = torch.zeros((soft.shape[0], 3, *soft.shape[2:]))
         return torch.cat([soft, padding], dim=1)
 
@@ -114,14 +137,24 @@ def connected_components(foreground: np.ndarray) -> list[np.ndarray]:
     return [(labels == value).numpy() for value in torch.unique(labels) if value > 0]
 
 
+@dataclass
+class SyntheticEmbedding:
+    """What :meth:`SyntheticProposer.embed` sees in a picture: its objects on the low-res grid."""
+
+    objects: list[np.ndarray]  # (m, m) bool each
+
+
 class SyntheticProposer:
-    """Finds the scene's objects in the image and proposes them like SAM2 would, with noise."""
+    """Finds the scene's objects in the image and proposes them like SAM2 would, with noise.
+
+    Implements the :class:`refseg.models.base.Proposer` seam; counts its calls."""
 
     def __init__(self, image_size: int = 1024, low_res: int = 256, min_area: int = 20) -> None:
         self.image_size = image_size
         self.low_res = low_res
         self.min_area = min_area
         self.last_points: torch.Tensor | None = None
+        self.embed_calls = 0
         self.box_calls = 0
 
     def _objects(self, image: torch.Tensor) -> list[np.ndarray]:
@@ -130,12 +163,16 @@ class SyntheticProposer:
         foreground = ((pooled - background) ** 2).sum(0).sqrt() > 40.0
         return [m for m in connected_components(foreground.numpy()) if m.sum() >= self.min_area]
 
-    def propose(
-        self, image: torch.Tensor, points: torch.Tensor, *, batch_size: int, iou_threshold: float
+    def embed(self, image: torch.Tensor) -> SyntheticEmbedding:
+        self.embed_calls += 1
+        return SyntheticEmbedding(self._objects(image))
+
+    def decode_points(
+        self, embedding: SyntheticEmbedding, points: torch.Tensor, *, batch_size: int, iou_threshold: float
     ) -> Proposals:
         self.last_points = points
         masks, ious = [], []
-        for k, obj in enumerate(self._objects(image)):
+        for k, obj in enumerate(embedding.objects):
             ys, xs = np.nonzero(obj)
             fragment = obj & (xs.mean() >= np.arange(obj.shape[1]))[None, :]
             grown = F.max_pool2d(torch.from_numpy(obj)[None, None].float(), 3, 1, 1)[0, 0].numpy() > 0
@@ -153,19 +190,50 @@ class SyntheticProposer:
         centre = torch.full((len(masks), 2), self.image_size / 2.0)
         return Proposals(logits[keep], predicted_iou[keep], centre[keep])
 
-    def masks_from_boxes(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def decode_boxes(self, embedding: SyntheticEmbedding, boxes: torch.Tensor) -> torch.Tensor:
         """The object whose box centre is inside the prompt box, as logits."""
         self.box_calls += 1
         scale = self.low_res / self.image_size
-        objects = self._objects(image)
         out = torch.full((len(boxes), self.low_res, self.low_res), -8.0)
         for i, (x1, y1, x2, y2) in enumerate((boxes * scale).tolist()):
-            for obj in objects:
+            for obj in embedding.objects:
                 ys, xs = np.nonzero(obj)
                 if x1 <= xs.mean() <= x2 and y1 <= ys.mean() <= y2:
                     out[i][torch.from_numpy(obj)] = 8.0
                     break
         return out
+
+    def decode_prompts(
+        self,
+        embedding: SyntheticEmbedding,
+        points: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        box: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, float]:
+        """The first object under a positive point (or, without one, with its box centre in
+        the box) and under no negative point, as logits; predicted IoU 0.9 (0.0 for none)."""
+        scale = self.low_res / self.image_size
+        positive: list[tuple[int, int]] = []
+        negative: list[tuple[int, int]] = []
+        if points is not None:
+            labels = torch.ones(len(points)) if labels is None else labels
+            for (x, y), label in zip((points * scale).tolist(), labels.tolist(), strict=True):
+                cell = (min(int(y), self.low_res - 1), min(int(x), self.low_res - 1))
+                (positive if label == 1 else negative).append(cell)
+        logits = torch.full((self.low_res, self.low_res), -8.0)
+        for obj in embedding.objects:
+            if any(obj[cell] for cell in negative):
+                continue
+            if positive:
+                found = all(obj[cell] for cell in positive)
+            else:
+                ys, xs = np.nonzero(obj)
+                x1, y1, x2, y2 = (box * scale).tolist()
+                found = x1 <= xs.mean() <= x2 and y1 <= ys.mean() <= y2
+            if found:
+                logits[torch.from_numpy(obj)] = 8.0
+                return logits, 0.9
+        return logits, 0.0
 
 
 def scene_ground_truth(scenes: list[Scene], class_names: list[str]) -> dict:
@@ -191,3 +259,26 @@ def scene_ground_truth(scenes: list[Scene], class_names: list[str]) -> dict:
             )
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
     return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def coco_ap(gt: dict, results: list[dict]) -> dict[str, float]:
+    """pycocotools' AP@[.5:.95] of ``results`` against ``gt``, for bbox and segm (quietly)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(results)
+        stats = {}
+        for iou_type in ("bbox", "segm"):
+            evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+            stats[iou_type] = float(evaluator.stats[0])
+    return stats

@@ -335,17 +335,15 @@ def test_decoder_parts_timer_reports_and_restores(tiny_models, tiny_image):
     """profile_stages.py's per-function timers cover every decoder part and are removed after."""
     import profile_stages
 
-    from refseg.models import fast_decoder
-
     proposer, _ = tiny_models
     embedding = proposer.embed(tiny_image)
     points = matching.point_grid(3, proposer.image_size)
-    before = {name: getattr(fast_decoder, name) for name in profile_stages.DECODER_PARTS}
+    before = {name: getattr(*profile_stages.decoder_part(name)) for name in profile_stages.DECODER_PARTS}
     text = profile_stages._decoder_parts(
-        lambda: proposer.decode(embedding, points, batch_size=4, iou_threshold=-1.0), len(points)
+        lambda: proposer.decode_points(embedding, points, batch_size=4, iou_threshold=-1.0), len(points)
     )
     assert text.startswith("whole decode: ")
     for name in profile_stages.DECODER_PARTS:
-        assert getattr(fast_decoder, name) is before[name]
+        assert getattr(*profile_stages.decoder_part(name)) is before[name]
         line = next(line for line in text.splitlines() if line.startswith(name + " "))
         assert float(line.split()[1]) > 0

@@ -355,7 +355,7 @@ def test_predict_needs_existing_targets(tmp_path: Path, built_memory, models) ->
 
 
 def test_predict_with_a_reference_folder_runs_the_readme_example(tmp_path: Path, models) -> None:
-    """The README's first command, on the shipped example, with tiny models instead of the hub's."""
+    """The README's Quick start example, on the shipped example, with tiny models instead of the hub's."""
     example = Path(__file__).resolve().parents[1] / "examples" / "coins"
     out = tmp_path / "coins" / "results.json"
     result = ok(

@@ -50,3 +50,17 @@ def test_a_0_1_0_memory_file_is_refused_by_another_encoder(tiny_models, tiny_din
     bank = MemoryBank.load(V010 / "memory.safetensors")
     with pytest.raises(EncoderMismatchError):
         Segmenter(proposer, other_encoder, memory=bank)
+
+
+def test_a_0_1_0_memory_file_has_the_assumed_context_ratio(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from refseg.cli import cli
+
+    bank = MemoryBank.load(V010 / "memory.safetensors")
+    assert bank.context_ratio == 0.2 and bank.context_ratio_assumed
+    info = CliRunner().invoke(cli, ["memory", "info", str(V010 / "memory.safetensors")])
+    assert info.exit_code == 0 and "context ratio: 0.2 (assumed" in info.output
+    # Saved again (e.g. by the app), the ratio stays what it was: assumed, not recorded as known.
+    again = MemoryBank.load(bank.save(tmp_path / "again.safetensors"))
+    assert again.context_ratio == 0.2 and again.context_ratio_assumed

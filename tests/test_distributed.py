@@ -60,6 +60,7 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return completed
 
 
+@pytest.mark.slow  # two torchrun processes: ~20 s; still run by default and in CI
 def test_two_gloo_processes_write_the_single_process_file(
     tmp_path: Path, tiny_sam2_dir: Path, tiny_dinov2_dir: Path
 ) -> None:

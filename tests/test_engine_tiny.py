@@ -83,3 +83,35 @@ def test_missing_weights_are_one_clear_sentence(tmp_path):
     with pytest.raises(WeightsUnavailableError) as error:
         Segmenter.from_pretrained("fast", sam2="refseg-tests/no-such-model", device="cpu")
     assert "no-such-model" in str(error.value)
+
+
+def test_boxes_on_one_picture_run_the_image_encoder_once(segmenter):
+    """Box references and previews on the same picture reuse its SAM2 embedding; another
+    picture is embedded anew, and the masks are those of a fresh embedding."""
+    fresh = Segmenter(segmenter.proposer, segmenter.encoder, preset=segmenter.settings)
+    reference = make_scene(43, classes=tuple(CLASSES), per_class=1)
+    other = make_scene(44, classes=tuple(CLASSES), per_class=1)
+    boxes = []
+    for mask in reference.masks:
+        ys, xs = np.nonzero(mask)
+        boxes.append((xs.min() - 2, ys.min() - 2, xs.max() + 3, ys.max() + 3))
+    proposer = fresh.proposer
+    calls: list[int] = []
+    encoder = proposer.model.vision_encoder.backbone.patch_embed  # runs once per image encoding
+    hook = encoder.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        first = fresh.reference_mask(reference.image, box=boxes[0])
+        fresh.add_reference(reference.image, "red", box=boxes[0])
+        second = fresh.reference_mask(reference.image.copy(), box=boxes[1])
+        fresh.add_reference(reference.image, "green", box=boxes[1])
+        assert len(calls) == 1
+        fresh.reference_mask(other.image, box=boxes[0])
+        assert len(calls) == 2
+        fresh.reference_mask(reference.image, box=boxes[1])  # only the last picture is kept
+        assert len(calls) == 3
+    finally:
+        hook.remove()
+    assert fresh.memory.counts() == {"red": 1, "green": 1}
+    alone = Segmenter(segmenter.proposer, segmenter.encoder)  # nothing kept yet
+    np.testing.assert_array_equal(alone.reference_mask(reference.image, box=boxes[1]), second)
+    np.testing.assert_array_equal(alone.reference_mask(reference.image, box=boxes[0]), first)

@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from refseg.errors import InvalidInputError
-from refseg.evaluate import STAT_NAMES, evaluate, format_table
+from refseg.evaluate import STAT_NAMES, evaluate, format_table, restrict_gt
 
 HEIGHT, WIDTH = 64, 80
 CAT, DOG = 5, 9
@@ -247,19 +247,57 @@ def test_format_table_matches_pycocotools(gt: dict) -> None:
     assert len(format_table(summary, per_class=False).splitlines()) == 13
 
 
-def test_segm_areas_come_from_the_masks(gt: dict) -> None:
-    """A false positive with a 10x10 mask but a 60x60 box is a 'small' object for segm, so it
-    counts against APs (with its box area it would fall in 'medium' and be ignored there)."""
+def small_mask_big_box() -> dict:
+    """A false positive on image 4: a 10x10 mask in a 60x60 box."""
     fp_mask = np.zeros((HEIGHT, WIDTH), dtype=bool)
     fp_mask[2:12, 2:12] = True
-    false_positive = {
+    return {
         "image_id": 4,
         "category_id": CAT,
         "bbox": [0.0, 0.0, 60.0, 60.0],
         "segmentation": compressed_rle(fp_mask),
         "score": 0.95,
     }
+
+
+def test_segm_areas_come_from_the_masks(gt: dict) -> None:
+    """A false positive with a 10x10 mask but a 60x60 box is a 'small' object for segm, so it
+    counts against APs (with its box area it would fall in 'medium' and be ignored there)."""
+    false_positive = small_mask_big_box()
     summary = evaluate(gt, [*perfect_results(gt), false_positive], iou_types=("segm",), classes=["cat"])
     # cat precision: 1/2 at recall 1/4, then 2/3, 3/4, 4/5 -> interpolated 4/5 on all 101 points
     assert summary["segm"]["APs"] == pytest.approx(80.0)
     assert summary["segm"]["APs"] == summary["segm"]["AP"]
+
+
+def test_plain_pycocotools_segm_areas_keep_the_result_boxes(gt: dict) -> None:
+    """--segm-areas box: the false positive's 60x60 box makes it 'medium', out of APs."""
+    false_positive = small_mask_big_box()
+    results = [*perfect_results(gt), false_positive]
+    ours = evaluate(gt, results, iou_types=("segm",), classes=["cat"])
+    plain = evaluate(gt, results, iou_types=("segm",), classes=["cat"], segm_areas="box")
+    assert ours["segm_areas"] == "mask" and plain["segm_areas"] == "box"
+    assert plain["segm"]["AP"] == ours["segm"]["AP"]
+    assert ours["segm"]["APs"] == pytest.approx(80.0)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools itself, results loaded as they are
+        coco_gt = COCO()
+        coco_gt.dataset = restrict_gt(gt, [CAT])
+        coco_gt.createIndex()
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(results)), "segm")
+        evaluator.params.catIds = [CAT]
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    assert plain["segm"]["APs"] == pytest.approx(100 * evaluator.stats[3])
+    assert plain["segm"]["APs"] != ours["segm"]["APs"]
+    with pytest.raises(InvalidInputError, match="segm_areas"):
+        evaluate(gt, results, iou_types=("segm",), segm_areas="polygon")
+
+
+def test_eval_help_says_the_segm_convention() -> None:
+    from click.testing import CliRunner
+
+    from refseg.cli import cli
+
+    text = CliRunner().invoke(cli, ["eval", "--help"]).output
+    assert "result boxes are dropped" in text and "--segm-areas" in text and "plain pycocotools" in text

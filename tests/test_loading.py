@@ -214,3 +214,66 @@ def test_wrong_kind_of_model(tiny_sam2_dir, tiny_dinov2_dir):
         load_proposer(tiny_dinov2_dir, device="cpu")
     with pytest.raises(InvalidInputError, match="'sam2' model, not DINOv2"):
         load_encoder(tiny_sam2_dir, device="cpu")
+
+
+# ---------------------------------------------------------------------------- no checkpoint code runs
+
+
+def _code_folder(folder, marker, model_type: str):
+    """A checkpoint folder whose config asks for its own code, which would write ``marker``."""
+    folder.mkdir()
+    code = f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import PretrainedConfig\n"
+    code += "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n"
+    (folder / "evil.py").write_text(code)
+    auto_map = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilConfig"}
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type, "auto_map": auto_map}))
+    return folder
+
+
+@pytest.mark.parametrize("model_type", ["evil", None])
+def test_a_folder_with_its_own_code_is_refused_without_running_it(tmp_path, model_type):
+    marker = tmp_path / "ran.txt"
+    folder = _code_folder(tmp_path / "model", marker, model_type)
+    with pytest.raises(InvalidInputError, match="runs no code of a checkpoint's own"):
+        load_proposer(folder, device="cpu")
+    with pytest.raises(InvalidInputError, match="not DINOv2"):
+        load_encoder(folder, device="cpu")
+    assert not marker.exists()
+
+
+def test_a_known_model_type_with_an_auto_map_loads_without_its_code(tiny_dinov2_dir, tmp_path):
+    marker = tmp_path / "ran.txt"
+    folder = _code_folder(tmp_path / "model", marker, "dinov2")
+    config = json.loads((tiny_dinov2_dir / "config.json").read_text())
+    config["auto_map"] = json.loads((folder / "config.json").read_text())["auto_map"]
+    (folder / "config.json").write_text(json.dumps(config))
+    shutil.copy(tiny_dinov2_dir / "model.safetensors", folder / "model.safetensors")
+    assert load_encoder(folder, device="cpu").identity.feature_dim == config["hidden_size"]
+    assert not marker.exists()
+
+
+def test_the_command_never_asks_to_run_a_checkpoints_code(tmp_path):
+    """On a terminal, transformers asked "Do you wish to run the custom code? [y/N]"."""
+    import os
+    import subprocess
+    import sys
+
+    marker = tmp_path / "ran.txt"
+    folder = _code_folder(tmp_path / "model", marker, "evil")
+    refs = tmp_path / "refs" / "cat"
+    refs.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(refs / "a.png")
+    Image.new("L", (16, 16), 255).save(refs / "a.mask.png")
+    completed = subprocess.run(
+        [sys.executable, "-m", "refseg", "memory", "--folder", str(tmp_path / "refs"), "-o",
+         str(tmp_path / "m.safetensors"), "--sam2", str(folder), "--encoder", str(folder), "--device", "cpu"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert completed.returncode == 1, completed.stderr
+    assert "Error: " in completed.stderr and "Traceback" not in completed.stderr
+    assert "runs no code of a checkpoint's own" in completed.stderr
+    assert "custom code" not in completed.stdout + completed.stderr
+    assert not marker.exists()

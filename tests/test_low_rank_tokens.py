@@ -1,4 +1,4 @@
-"""The low-rank image tokens (models/low_rank_tokens.py) against the same quantities computed
+"""The low-rank image tokens (models/sam2/low_rank_tokens.py) against the same quantities computed
 on the built tokens, in float64 on random inputs, for blocks 0, 1 and 2."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refseg.models.low_rank_tokens import ImageSide, LowRankTokens, centring_map
+from refseg.models.sam2.low_rank_tokens import ImageSide, LowRankTokens, centring_map
 
 PIXELS, CHANNELS, HEADS, TOKENS, HEAD_DIM, PROMPTS = 40, 12, 2, 3, 4, 2
 

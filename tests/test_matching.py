@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from refseg import matching
 from refseg.errors import EncoderMismatchError
-from refseg.instances import masks_to_boxes as exclusive_boxes
+from refseg.masks import masks_to_boxes_exclusive as exclusive_boxes
+from refseg.masks import masks_to_boxes_inclusive
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -157,7 +158,7 @@ def test_masks_to_boxes_torchvision_convention():
     masks[0, 2, 3] = True
     masks[1, 1:4, 2:7] = True
     masks[1, 5, 0] = True
-    boxes = matching.masks_to_boxes(masks)
+    boxes = masks_to_boxes_inclusive(masks)
     assert boxes.dtype == torch.float32
     assert boxes.tolist() == [[3, 2, 3, 2], [0, 1, 6, 5], [0, 0, 0, 0]]
     # the exclusive convention of Instances is the same box + 1 on x2, y2
@@ -520,3 +521,124 @@ def test_postprocess_equals_reference(seed, size, pool, nms_threshold, max_candi
     assert torch.allclose(result.scores, scores, atol=1e-5)
     assert torch.equal(result.masks, masks)
     assert np.array_equal(result.boxes.numpy(), exclusive_boxes(masks.numpy()))
+
+
+# ---------------------------------------------------------------------------- negative examples
+
+
+def examples_of(positives, positive_labels, negatives=(), negative_labels=()) -> matching.ReferenceExamples:
+    dim = len(positives[0])
+
+    def stack(vectors):
+        return torch.stack([unit(*v) for v in vectors]) if vectors else torch.zeros((0, dim))
+
+    return matching.ReferenceExamples(
+        stack(positives),
+        torch.tensor(positive_labels, dtype=torch.int64),
+        stack(negatives),
+        torch.tensor(negative_labels, dtype=torch.int64),
+    )
+
+
+def test_nearest_example_vetoes_by_hand():
+    # class 0 has two looks (e1, e2) and a negative between them; class 1 is e3; a background
+    # negative points to -e1.
+    examples = examples_of([(1, 0, 0), (0, 1, 0), (0, 0, 1)], [0, 0, 1], [(1, 1, 0), (-1, 0, 0)], [0, -1])
+    features = torch.stack(
+        [
+            unit(1, 0, 0),  # a look of class 0: its own positive is nearer than the negative
+            unit(1, 1, 0),  # the lookalike: its nearest class-0 example is the negative
+            unit(0, 0, 1),  # class 1; for class 0 the best of each side ties (0 = 0): no veto
+            unit(-1, 0, 0.1),  # like the background negative: vetoed for both classes
+            torch.zeros(3),  # an empty mask's feature: never vetoed
+        ]
+    )
+    vetoed = matching.nearest_example_vetoes(features, examples, 2)
+    assert vetoed.tolist() == [[False, False], [True, False], [False, False], [True, True], [False, False]]
+    # Without negatives nothing is vetoed; a class's negatives never veto another class.
+    assert not matching.nearest_example_vetoes(features, examples_of([(1, 0, 0), (0, 0, 1)], [0, 1]), 2).any()
+    only_class_0 = examples_of([(1, 0, 0), (0, 0, 1)], [0, 1], [(0, 0, 1)], [0])
+    assert matching.nearest_example_vetoes(features, only_class_0, 2)[:, 1].tolist() == [False] * 5
+
+
+def test_the_nearest_positive_not_the_prototype_decides():
+    """A class with two looks (e1, e2) has its prototype between them. A true instance of one look
+    is farther from the prototype than from a negative example of a look-alike, but nearer to
+    its own look: compared with the prototype it would be vetoed; the rule keeps it, and vetoes
+    the look-alike."""
+    examples = examples_of([(1, 0, 0), (0, 1, 0)], [0, 0], [(1, 0.6, 0)], [0])
+    instance, lookalike = unit(1, 0.1, 0), unit(1, 0.6, 0)
+    prototype = unit(1, 1, 0)
+    negative = unit(1, 0.6, 0)
+    assert float(instance @ negative) > float(instance @ prototype)  # a prototype rule would veto it
+    vetoed = matching.nearest_example_vetoes(torch.stack([instance, lookalike]), examples, 1)
+    assert vetoed.tolist() == [[False], [True]]
+
+
+def test_nearest_example_vetoes_equal_a_straightforward_loop():
+    generator = torch.Generator().manual_seed(5)
+    classes, dim = 4, 6
+    features = F.normalize(torch.randn(30, dim, generator=generator), dim=1)
+    positive_labels = torch.tensor([0, 0, 1, 2, 2, 2, 3])
+    negative_labels = torch.tensor([0, 2, 2, -1, -1])
+    examples = matching.ReferenceExamples(
+        torch.randn(len(positive_labels), dim, generator=generator) * 3,  # any norm
+        positive_labels,
+        torch.randn(len(negative_labels), dim, generator=generator),
+        negative_labels,
+    )
+    vetoed = matching.nearest_example_vetoes(features, examples, classes)
+    positives = F.normalize(examples.positive_features, dim=1)
+    negatives = F.normalize(examples.negative_features, dim=1)
+    for i in range(len(features)):
+        for c in range(classes):
+            best_positive = max(
+                float(features[i] @ p) for p, k in zip(positives, positive_labels, strict=True) if k == c
+            )
+            against = [
+                float(features[i] @ n)
+                for n, k in zip(negatives, negative_labels, strict=True)
+                if k in (c, -1)
+            ]
+            assert bool(vetoed[i, c]) == (max(against, default=-math.inf) > best_positive)
+    assert vetoed.any() and not vetoed.all()
+
+
+def test_score_proposals_with_vetoes_takes_the_best_class_left():
+    features = torch.stack([unit(1, 0.5), unit(1, 0.5), unit(1, 0.5)])
+    prototypes = torch.stack([unit(1, 0), unit(0, 1)])
+    vetoed = torch.tensor([[False, False], [True, False], [True, True]])
+    scores, labels = matching.score_proposals(features, prototypes, vetoed)
+    plain_scores, plain_labels = matching.score_proposals(features, prototypes)
+    assert labels.tolist() == [0, 1, 0] and plain_labels.tolist() == [0, 0, 0]
+    assert torch.allclose(scores, torch.tensor([float(unit(1, 0.5)[0]), float(unit(1, 0.5)[1]), 0.0]))
+    assert torch.equal(scores[0], plain_scores[0])
+
+
+def test_postprocess_drops_a_proposal_vetoed_for_every_class_before_nms():
+    """The vetoed proposal has the higher predicted IoU and overlaps the real one: without the
+    veto it wins NMS (the paper's ranking), with it the real one is found."""
+    m = 16
+    p0, wall = unit(1, 0), unit(0, 1)
+    feature_map = torch.empty(2, m, m)
+    feature_map[:, :, :8] = p0[:, None, None]
+    feature_map[:, :, 8:] = wall[:, None, None]
+    logits = rect_logits(m, [(2, 0, 8, 8), (2, 0, 10, 8)])  # box IoU 48/64: one suppresses the other
+    arguments = (logits, torch.tensor([0.8, 0.9]), feature_map, p0[None], (m, m))
+    paper = matching.postprocess(*arguments)
+    assert paper.indices.tolist() == [1]
+    no_negatives = matching.postprocess(*arguments, examples=examples_of([(1, 0)], [0]))
+    for name in ("indices", "scores", "labels", "boxes", "masks"):
+        assert torch.equal(getattr(no_negatives, name), getattr(paper, name))
+    # The "not this" example is the overlapping proposal itself (6 columns of p0, 2 of wall).
+    for label in (0, -1):  # a negative of the class, or a background one
+        vetoed = matching.postprocess(*arguments, examples=examples_of([(1, 0)], [0], [(6, 2)], [label]))
+        assert vetoed.indices.tolist() == [0]
+        assert torch.allclose(vetoed.scores, torch.tensor([1.0]))
+
+
+def test_presets_with_negatives():
+    from refseg import FAST, PAPER, PAPER_NEG, get_preset
+
+    assert not PAPER.negatives and FAST.negatives
+    assert get_preset("paper-neg") == PAPER_NEG == PAPER.replace(name="paper-neg", negatives=True)

@@ -8,19 +8,15 @@ import numpy as np
 import pytest
 import torch
 from pycocotools import mask as mask_utils
-from synthetic import SyntheticEncoder, make_scene
+from synthetic import SyntheticEncoder, SyntheticProposer, make_scene
 
-from refseg import EncoderMismatchError, InvalidInputError, MemoryBank
-from refseg.memory import (
-    context_crop_box,
-    decode_mask,
-    mask_box,
-    pool_reference,
-    read_memory_metadata,
-    reference_feature,
-    reference_inputs,
-)
+from refseg import EncoderMismatchError, InvalidInputError, MemoryBank, Segmenter
+from refseg.masks import decode_mask
+from refseg.masks import mask_box_exclusive as mask_box
+from refseg.memory import context_crop_box as old_home_of_context_crop_box
+from refseg.memory_file import read_memory_metadata
 from refseg.models.base import EncoderIdentity
+from refseg.reference_features import context_crop_box, pool_reference, reference_feature, reference_inputs
 
 IDENTITY = EncoderIdentity("enc", "r1", 518, 4)
 
@@ -34,6 +30,7 @@ def test_mask_box_is_exclusive_and_rejects_empty():
 
 
 def test_context_crop_box_centre_and_side():
+    assert old_home_of_context_crop_box is context_crop_box  # still importable from refseg.memory
     # box 40 wide, 20 high, centre (60, 50): side 1.2 * 40 = 48 -> [36, 84) x [26, 74)
     assert context_crop_box((40, 40, 80, 60), (200, 200), 0.2) == (36, 26, 84, 74)
     # fractional bounds: floor the low edge, ceil the high edge
@@ -215,3 +212,136 @@ def test_reference_feature_encodes_the_class():
     feature = reference_feature(encoder, scene.image, scene.masks[0], 0.2)
     assert feature.shape == (encoder.identity.feature_dim,)
     assert int(feature.argmax()) == 1 + ["red", "green", "blue", "yellow"].index(scene.classes[0])
+
+
+# ---------------------------------------------------------------------------- context ratio
+
+
+def test_the_bank_records_its_context_ratio_and_keeps_one(tmp_path):
+    bank = MemoryBank(IDENTITY)
+    bank.add(torch.ones(4), "cat", context_ratio=0.35)  # an empty bank takes the first reference's
+    bank.add(torch.ones(4), "cat", context_ratio=0.35)
+    bank.add(torch.ones(4), "dog")  # no ratio given: the bank's, unchecked
+    with pytest.raises(
+        InvalidInputError, match=r"cropped with context ratio 0\.35.*this reference with 0\.2"
+    ):
+        bank.add(torch.ones(4), "dog", context_ratio=0.2)
+    assert len(bank) == 3
+    loaded = MemoryBank.load(bank.save(tmp_path / "m.safetensors"))
+    assert loaded.context_ratio == 0.35 and not loaded.context_ratio_assumed
+    assert json.loads(read_memory_metadata(tmp_path / "m.safetensors")["context_ratio"]) == 0.35
+    assert "context ratio: 0.35" in loaded.describe() and "assumed" not in loaded.describe()
+    for record in loaded.references:  # an emptied bank takes a new ratio
+        loaded.remove_reference(record.ref_id)
+    loaded.add(torch.ones(4), "cat", context_ratio=0.1)
+    assert loaded.context_ratio == 0.1
+
+
+def test_a_segmenter_does_not_mix_context_ratios_in_one_bank():
+    scene = make_scene(0, classes=("red", "blue"), size=(96, 96), per_class=1, radius=(10, 14))
+    encoder = SyntheticEncoder(input_size=112)
+    first = Segmenter(SyntheticProposer(), encoder, context_ratio=0.5)
+    first.add_reference(scene.image, "red", mask=scene.masks[0])
+    assert first.memory.context_ratio == 0.5
+    other = Segmenter(SyntheticProposer(), encoder, memory=first.memory)  # the preset's 0.2
+    with pytest.raises(InvalidInputError, match="context ratio 0.5"):
+        other.add_reference(scene.image, "blue", mask=scene.masks[1])
+    same = Segmenter(SyntheticProposer(), encoder, memory=first.memory, context_ratio=0.5)
+    same.add_reference(scene.image, "blue", mask=scene.masks[1])
+    assert first.memory.counts() == {"red": 1, "blue": 1}
+
+
+# ---------------------------------------------------------------------------- encoder fingerprints
+
+
+def test_an_encoder_with_any_weight_changed_is_refused_but_0_1_0_files_compare_like_with_like(
+    tiny_dinov2_dir,
+) -> None:
+    """The legacy fingerprint hashes two tensors; the all-weights one notices any change. A file
+    of refseg 0.1.0 (legacy kind only) is compared on that kind alone."""
+    from refseg.models.base import LEGACY_FINGERPRINT_KIND
+    from refseg.models.dinov2 import ALL_WEIGHTS_FINGERPRINT_KIND, Dinov2Encoder
+    from refseg.models.loading import load_encoder
+
+    original = load_encoder(tiny_dinov2_dir, device="cpu")
+    changed_model = load_encoder(tiny_dinov2_dir, device="cpu").model
+    parameters = list(changed_model.parameters())
+    with torch.no_grad():
+        parameters[len(parameters) // 2].add_(0.01)  # neither the first nor the last tensor
+    changed = Dinov2Encoder(changed_model, name=original.identity.name, revision="local")
+    kinds = original.identity.fingerprints_by_kind()
+    assert set(kinds) == {LEGACY_FINGERPRINT_KIND, ALL_WEIGHTS_FINGERPRINT_KIND}
+    assert len(kinds[ALL_WEIGHTS_FINGERPRINT_KIND]) == 64
+    assert changed.identity.fingerprint == original.identity.fingerprint  # the two tensors agree
+    bank = MemoryBank(original.identity)
+    bank.check_encoder(load_encoder(tiny_dinov2_dir, device="cpu").identity)  # same weights: accepted
+    with pytest.raises(EncoderMismatchError, match=ALL_WEIGHTS_FINGERPRINT_KIND):
+        bank.check_encoder(changed.identity)
+    # A bank that knows only the legacy kind (a 0.1.0 file) compares that kind: accepted.
+    legacy = EncoderIdentity(**original.identity.as_dict())
+    assert legacy.fingerprints_by_kind() == {LEGACY_FINGERPRINT_KIND: original.identity.fingerprint}
+    MemoryBank(legacy).check_encoder(changed.identity)
+    # Another model differs on the legacy kind too.
+    other = EncoderIdentity(**{**original.identity.as_dict(), "fingerprint": "0" * 16})
+    with pytest.raises(EncoderMismatchError, match=LEGACY_FINGERPRINT_KIND):
+        MemoryBank(other).check_encoder(changed.identity)
+
+
+# ---------------------------------------------------------------------------- negative references
+
+
+def test_negatives_live_beside_positives_and_leave_prototypes_alone():
+    plain = MemoryBank(IDENTITY)
+    bank = MemoryBank(IDENTITY)
+    for target in (plain, bank):
+        target.add(torch.tensor([1.0, 0, 0, 0]), "cat")
+        target.add(torch.tensor([0.0, 1, 0, 0]), "dog")
+    not_cat = bank.add(torch.tensor([1.0, 1, 0, 0]), "cat", {"file": "fox.png"}, negative=True)
+    wall = bank.add(torch.tensor([0.0, 0, 1, 1]), None, negative=True)
+    bank.add(torch.tensor([2.0, 0, 0, 1]), "cat")
+    plain.add(torch.tensor([2.0, 0, 0, 1]), "cat")
+    assert (not_cat, wall) == (2, 3) and len(bank) == 5 and bank.has_negatives and not plain.has_negatives
+    assert torch.equal(bank.prototypes(), plain.prototypes())  # negatives never shape a prototype
+    assert bank.counts() == plain.counts() == {"cat": 2, "dog": 1}
+    assert bank.negative_counts() == {"cat": 1, "dog": 0, None: 1}
+    assert bank.class_names == ["cat", "dog"]
+    examples = bank.reference_examples()
+    assert examples.positive_labels.tolist() == [0, 1, 0] and examples.negative_labels.tolist() == [0, -1]
+    assert torch.equal(examples.negative_features[1], torch.tensor([0.0, 0, 1, 1]))
+    assert bank.fingerprint() != plain.fingerprint()
+    described = bank.describe()
+    assert "classes: 2, references: 3 positive, 2 negative" in described
+    assert "background negatives (no class): 1" in described
+    assert [line.split()[-4:] for line in described.splitlines()[3:5]] == [
+        ["2", "positive", "1", "negative"],
+        ["1", "positive", "0", "negative"],
+    ]
+    with pytest.raises(InvalidInputError, match="no positive reference of 'bird' yet"):
+        bank.add(torch.ones(4), "bird", negative=True)
+    with pytest.raises(InvalidInputError, match="needs a class name"):
+        bank.add(torch.ones(4), None)
+    with pytest.raises(InvalidInputError, match="all zeros"):
+        bank.add(torch.zeros(4), "cat")
+
+
+def test_removing_a_class_last_positive_removes_the_class_and_its_negatives_not_the_background():
+    """Classes are defined by their positives: a "not cat" example means nothing once there is no
+    cat, so it goes with the class; a background negative belongs to no class and stays."""
+    bank = MemoryBank(IDENTITY)
+    first = bank.add(torch.tensor([1.0, 0, 0, 0]), "cat")
+    second = bank.add(torch.tensor([1.0, 0.5, 0, 0]), "cat")
+    bank.add(torch.tensor([0.0, 1, 0, 0]), "dog")
+    not_cat = bank.add(torch.tensor([1.0, 1, 0, 0]), "cat", negative=True)
+    not_dog = bank.add(torch.tensor([0.0, 1, 1, 0]), "dog", negative=True)
+    wall = bank.add(torch.tensor([0.0, 0, 1, 1]), None, negative=True)
+    assert bank.remove_reference(first) == [first]  # cat still has a positive: its negative stays
+    assert bank.negative_counts() == {"cat": 1, "dog": 1, None: 1}
+    assert bank.remove_reference(second) == [second, not_cat]
+    assert bank.class_names == ["dog"] and bank.negative_counts() == {"dog": 1, None: 1}
+    assert bank.remove_reference(not_dog) == [not_dog]  # a negative alone: the class stays
+    assert bank.class_names == ["dog"]
+    assert bank.remove_class("dog") == [2]
+    assert bank.class_names == [] and [r.ref_id for r in bank.references] == [wall]
+    assert bank.remove_reference(wall) == [wall] and len(bank) == 0
+    with pytest.raises(InvalidInputError, match="no class"):
+        bank.prototypes()

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import tiny_sam2_config
+from tiny_models import tiny_sam2_config, trained_looking_sam2
 from transformers import Dinov2Model, Dinov2WithRegistersModel, Sam2Config, Sam2Model
 
-import refseg.models.fast_decoder as fast_decoder
-import refseg.models.malloc as malloc_tuning
+import refseg.models.sam2.fast_decoder as fast_decoder
 from refseg.errors import InvalidInputError
-from refseg.models import Encoder, Proposer, lean_hiera
+from refseg.models import Encoder, Proposer
 from refseg.models.dinov2 import Dinov2Encoder
-from refseg.models.sam2 import IMAGENET_MEAN, IMAGENET_STD, Sam2Proposer
+from refseg.models.sam2 import IMAGENET_MEAN, IMAGENET_STD, Sam2Options, Sam2Proposer, lean_hiera, two_way
 
 LOGIT_ATOL = 1e-5
 IOU_ATOL = 1e-6
@@ -86,7 +85,9 @@ def test_embedding_equals_direct_image_encoder(tiny_models, sam2_reference, tiny
 def test_encoder_runs_once_per_image(tiny_sam2_dir, tiny_image, encoder):
     proposer = Sam2Proposer(Sam2Model.from_pretrained(tiny_sam2_dir), device="cpu", encoder=encoder)
     calls = []
-    hook = proposer.model.vision_encoder.backbone.register_forward_hook(lambda *args: calls.append(1))
+    hook = proposer.model.vision_encoder.backbone.patch_embed.register_forward_hook(
+        lambda *args: calls.append(1)
+    )
     try:
         proposer.propose(tiny_image, grid_points(5), batch_size=4, iou_threshold=0.0)
     finally:
@@ -122,7 +123,7 @@ def test_iou_threshold_keeps_strictly_greater(decoder, tiny_sam2_dir, tiny_image
     ordered = best_iou.sort().values
     middle = len(ordered) // 2
     threshold = float(ordered[middle - 1] + ordered[middle]) / 2  # between two proposals
-    proposals = proposer.decode(embedding, points, batch_size=7, iou_threshold=threshold)
+    proposals = proposer.decode_points(embedding, points, batch_size=7, iou_threshold=threshold)
     keep = best_iou > threshold
     assert 0 < int(keep.sum()) < len(points)
     assert len(proposals) == int(keep.sum())
@@ -133,10 +134,10 @@ def test_iou_threshold_keeps_strictly_greater(decoder, tiny_sam2_dir, tiny_image
     assert bool((proposals.predicted_iou > threshold).all())
 
     if decoder == "stock":  # bit-identical to the direct call: a tie with the threshold is dropped
-        tied = proposer.decode(embedding, points, batch_size=7, iou_threshold=float(ordered[middle]))
+        tied = proposer.decode_points(embedding, points, batch_size=7, iou_threshold=float(ordered[middle]))
         assert len(tied) == int((best_iou > ordered[middle]).sum()) == len(proposals) - 1
 
-    none = proposer.decode(embedding, points, batch_size=7, iou_threshold=1.0)
+    none = proposer.decode_points(embedding, points, batch_size=7, iou_threshold=1.0)
     assert len(none) == 0
     assert none.low_res_logits.shape == (0, 256, 256)
     assert none.points.shape == (0, 2)
@@ -147,13 +148,13 @@ def test_prompt_order_and_batch_size(decoder, tiny_sam2_dir, tiny_image):
     proposer = Sam2Proposer(Sam2Model.from_pretrained(tiny_sam2_dir), device="cpu", decoder=decoder)
     embedding = proposer.embed(tiny_image)
     points = grid_points(4)
-    reference = proposer.decode(embedding, points, batch_size=64, iou_threshold=-1.0)
+    reference = proposer.decode_points(embedding, points, batch_size=64, iou_threshold=-1.0)
     for batch_size in (1, 5):
-        other = proposer.decode(embedding, points, batch_size=batch_size, iou_threshold=-1.0)
+        other = proposer.decode_points(embedding, points, batch_size=batch_size, iou_threshold=-1.0)
         torch.testing.assert_close(other.low_res_logits, reference.low_res_logits, rtol=0, atol=LOGIT_ATOL)
         torch.testing.assert_close(other.predicted_iou, reference.predicted_iou, rtol=0, atol=IOU_ATOL)
     order = torch.randperm(len(points), generator=torch.Generator().manual_seed(1))
-    shuffled = proposer.decode(embedding, points[order], batch_size=4, iou_threshold=-1.0)
+    shuffled = proposer.decode_points(embedding, points[order], batch_size=4, iou_threshold=-1.0)
     torch.testing.assert_close(shuffled.points, points[order], rtol=0, atol=0)
     torch.testing.assert_close(
         shuffled.low_res_logits, reference.low_res_logits[order], rtol=0, atol=LOGIT_ATOL
@@ -173,19 +174,122 @@ def test_wrong_image_shape_is_refused(tiny_models):
         proposer.embed(torch.zeros(3, 512, 512))
 
 
-def test_masks_from_boxes_equal_direct_single_mask(tiny_models, sam2_reference, tiny_image):
+def test_decode_boxes_equal_direct_single_mask(tiny_models, sam2_reference, tiny_image):
     proposer, _ = tiny_models
     boxes = torch.tensor(
         [[100.0, 120.0, 400.0, 500.0], [0.0, 0.0, 1023.0, 1023.0], [600.0, 50.0, 900.0, 300.0]]
     )
-    masks = proposer.masks_from_boxes(tiny_image, boxes)
+    embedding = proposer.embed(tiny_image)
+    masks = proposer.decode_boxes(embedding, boxes)
     assert masks.shape == (3, 256, 256)
     assert masks.dtype == torch.float32
     with torch.no_grad():
         embeddings = sam2_reference.get_image_embeddings(normalized(tiny_image)[None])
         out = sam2_reference(image_embeddings=embeddings, input_boxes=boxes[None], multimask_output=False)
     torch.testing.assert_close(masks, out.pred_masks[0, :, 0], rtol=0, atol=LOGIT_ATOL)
-    assert proposer.masks_from_boxes(tiny_image, torch.zeros((0, 4))).shape == (0, 256, 256)
+    assert proposer.decode_boxes(embedding, torch.zeros((0, 4))).shape == (0, 256, 256)
+
+
+# ---------------------------------------------------------------------------- one object's prompts
+
+
+@pytest.fixture(scope="module")
+def prompted(tiny_image):
+    """A proposer on a decoder with O(1) weights (the tiny init gives logits ~1e-5, which any
+    tolerance would pass), its embedding of the tiny image and a direct ``Sam2Model`` call."""
+    proposer = Sam2Proposer(trained_looking_sam2(2), device="cpu")
+    embedding = proposer.embed(tiny_image)
+
+    def direct(multimask_output: bool, **prompts: torch.Tensor):
+        with torch.no_grad():
+            return proposer.model(
+                image_embeddings=embedding.as_list(), multimask_output=multimask_output, **prompts
+            )
+
+    return proposer, embedding, direct
+
+
+def _assert_logits_close(got: torch.Tensor, expected: torch.Tensor) -> None:
+    scale = float(expected.abs().max())
+    assert scale > 0.1
+    torch.testing.assert_close(got, expected.float(), rtol=0, atol=1e-5 * max(scale, 1.0))
+
+
+def test_decode_prompts_single_positive_point_is_the_best_of_three(prompted):
+    proposer, embedding, direct = prompted
+    point = torch.tensor([[300.0, 420.0]])
+    logits, iou = proposer.decode_prompts(embedding, point)
+    out = direct(
+        True, input_points=point.view(1, 1, 1, 2), input_labels=torch.ones((1, 1, 1), dtype=torch.int32)
+    )
+    assert out.pred_masks.shape[2] == 3
+    best = int(out.iou_scores[0, 0].argmax())
+    assert logits.shape == (256, 256) and logits.dtype == torch.float32
+    _assert_logits_close(logits, out.pred_masks[0, 0, best])
+    assert iou == pytest.approx(float(out.iou_scores[0, 0, best]), abs=IOU_ATOL)
+    grid = proposer.decode_points(embedding, point, iou_threshold=-1.0)  # the grid's answer for it
+    _assert_logits_close(logits, grid.low_res_logits[0])
+
+
+def test_decode_prompts_positive_and_negative_points_give_the_single_mask(prompted):
+    proposer, embedding, direct = prompted
+    points = torch.tensor([[300.0, 420.0], [700.0, 650.0], [120.0, 900.0]])
+    labels = torch.tensor([1, 0, 1])
+    logits, iou = proposer.decode_prompts(embedding, points, labels)
+    out = direct(False, input_points=points.view(1, 1, 3, 2), input_labels=labels.view(1, 1, 3).int())
+    assert out.pred_masks.shape[2] == 1
+    _assert_logits_close(logits, out.pred_masks[0, 0, 0])
+    assert iou == pytest.approx(float(out.iou_scores[0, 0, 0]), abs=IOU_ATOL)
+    flipped, _ = proposer.decode_prompts(embedding, points, torch.tensor([1, 1, 1]))
+    assert not torch.allclose(flipped, logits)  # the negative point counts
+
+
+def test_decode_prompts_box_and_points_as_sam2s_predictor(prompted):
+    """transformers embeds the box's corners after the points, SAM2's predictor before them (as
+    points labelled 2 and 3, with a padding point): the same mask either way."""
+    proposer, embedding, direct = prompted
+    box = torch.tensor([100.0, 120.0, 600.0, 700.0])
+    points = torch.tensor([[300.0, 420.0], [500.0, 200.0]])
+    labels = torch.tensor([1, 0])
+    logits, iou = proposer.decode_prompts(embedding, points, labels, box)
+    out = direct(
+        False,
+        input_points=points.view(1, 1, 2, 2),
+        input_labels=labels.view(1, 1, 2).int(),
+        input_boxes=box.view(1, 1, 4),
+    )
+    _assert_logits_close(logits, out.pred_masks[0, 0, 0])
+    assert iou == pytest.approx(float(out.iou_scores[0, 0, 0]), abs=IOU_ATOL)
+    corners_first = direct(
+        False,
+        input_points=torch.cat([box.view(2, 2), points]).view(1, 1, 4, 2),
+        input_labels=torch.tensor([2, 3, 1, 0], dtype=torch.int32).view(1, 1, 4),
+    )
+    _assert_logits_close(logits, corners_first.pred_masks[0, 0, 0])
+
+
+def test_decode_prompts_box_alone_equals_decode_boxes(prompted):
+    proposer, embedding, direct = prompted
+    box = torch.tensor([100.0, 120.0, 600.0, 700.0])
+    logits, iou = proposer.decode_prompts(embedding, box=box)
+    out = direct(False, input_boxes=box.view(1, 1, 4))
+    _assert_logits_close(logits, out.pred_masks[0, 0, 0])
+    assert iou == pytest.approx(float(out.iou_scores[0, 0, 0]), abs=IOU_ATOL)
+    _assert_logits_close(logits, proposer.decode_boxes(embedding, box[None])[0])
+
+
+def test_decode_prompts_refuses_what_is_not_one_prompt(prompted):
+    proposer, embedding, _ = prompted
+    with pytest.raises(ValueError, match="points or a box"):
+        proposer.decode_prompts(embedding)
+    with pytest.raises(ValueError, match="without points"):
+        proposer.decode_prompts(embedding, labels=torch.tensor([1]), box=torch.zeros(4))
+    with pytest.raises(ValueError, match="1 \\(object\\) or 0"):
+        proposer.decode_prompts(embedding, torch.zeros((1, 2)), torch.tensor([2]))
+    with pytest.raises(ValueError, match="labels must be"):
+        proposer.decode_prompts(embedding, torch.zeros((2, 2)), torch.tensor([1]))
+    with pytest.raises(ValueError, match="box must be"):
+        proposer.decode_prompts(embedding, box=torch.zeros((1, 4)))
 
 
 # ---------------------------------------------------------------------------- lean encoder
@@ -193,17 +297,17 @@ def test_masks_from_boxes_equal_direct_single_mask(tiny_models, sam2_reference, 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("tokens_per_piece", [100, 8192])
-def test_lean_hiera_equals_stock(tiny_sam2_dir, tiny_image, monkeypatch, dtype, tokens_per_piece):
+def test_lean_hiera_equals_stock(tiny_sam2_dir, tiny_image, dtype, tokens_per_piece):
     """Window groups (100 tokens: one 8x8 window per piece, or several 4x4 ones, the last piece
     partial), padded windows (the tiny Hiera's 14 and 7 windows on 64 and 32 tokens), query
     pooling and the row-chunked MLP give the stock encoder's features: equal in float32; in
     bfloat16 (rounded in a different order) no further from float32 than the stock forward."""
-    monkeypatch.setattr(lean_hiera, "TOKENS_PER_PIECE", tokens_per_piece)
+    options = Sam2Options(tokens_per_piece=tokens_per_piece)
     model = Sam2Model.from_pretrained(tiny_sam2_dir)
     exact = Sam2Proposer(model, device="cpu", encoder="stock").embed(tiny_image)
     expected = Sam2Proposer(model, device="cpu", dtype=dtype, encoder="stock").embed(tiny_image)
-    lean = Sam2Proposer(model, device="cpu", dtype=dtype, encoder="lean")
-    assert lean_hiera.make_lean(model) == 0  # already lean: nothing changed twice
+    lean = Sam2Proposer(model, device="cpu", dtype=dtype, encoder="lean", options=options)
+    assert lean.encoder == "lean" and _forwards_untouched(model)  # a function over the modules
     got = lean.embed(tiny_image)
     for name in ("image_embeddings", "feat_s0", "feat_s1"):
         a, b, reference = getattr(got, name), getattr(expected, name), getattr(exact, name)
@@ -218,13 +322,33 @@ def test_lean_hiera_equals_stock(tiny_sam2_dir, tiny_image, monkeypatch, dtype, 
             assert float(lean_error.max()) <= 1.5 * float(stock_error.max()) + 1e-6
 
 
-def test_lean_hiera_changes_only_hiera_blocks(tiny_sam2_dir):
+def _forwards_untouched(model: torch.nn.Module) -> bool:
+    """No module of ``model`` has a forward of its own instance (none was patched in place)."""
+    return not any(
+        "forward" in vars(module) or hasattr(module, "_stock_forward") for module in model.modules()
+    )
+
+
+def test_lean_and_stock_proposers_share_one_model(tiny_sam2_dir, tiny_image):
+    """The lean encoder is a function over the model's modules: a lean and a stock proposer
+    built on the same model, in either order, each run their own encoder and leave it as it was."""
     model = Sam2Model.from_pretrained(tiny_sam2_dir)
-    assert lean_hiera.make_lean(model) == 5  # blocks_per_stage [1, 1, 2, 1]
-    other = Sam2Model.from_pretrained(tiny_sam2_dir)
-    assert not any(hasattr(block, "_stock_forward") for block in other.modules())
+    lean = Sam2Proposer(model, device="cpu", encoder="lean")
+    stock = Sam2Proposer(model, device="cpu", encoder="stock")
+    assert (lean.encoder, stock.encoder) == ("lean", "stock")
+    assert _forwards_untouched(model)
+    calls: list[int] = []
+    hook = model.vision_encoder.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        got = lean.embed(tiny_image)
+        assert calls == []  # the lean forward never calls transformers' vision encoder
+        expected = stock.embed(tiny_image)
+        assert calls == [1]
+    finally:
+        hook.remove()
+    torch.testing.assert_close(got.image_embeddings, expected.image_embeddings, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="encoder"):
-        Sam2Proposer(other, device="cpu", encoder="fast")
+        Sam2Proposer(model, device="cpu", encoder="fast")
 
 
 def test_lean_encoder_that_differs_falls_back_to_stock(tiny_sam2_dir, tiny_image, monkeypatch):
@@ -232,7 +356,7 @@ def test_lean_encoder_that_differs_falls_back_to_stock(tiny_sam2_dir, tiny_image
     says encoder='stock' and gives the stock features."""
     model = Sam2Model.from_pretrained(tiny_sam2_dir)
     expected = Sam2Proposer(model, device="cpu", encoder="stock").embed(tiny_image)
-    monkeypatch.setattr(lean_hiera, "_mlp_forward", lambda self, hidden: torch.zeros_like(hidden))
+    monkeypatch.setattr(lean_hiera, "_mlp_forward", lambda mlp, hidden, pieces: torch.zeros_like(hidden))
     with pytest.warns(RuntimeWarning, match="lean SAM2 image encoder does not match"):
         proposer = Sam2Proposer(model, device="cpu", encoder="lean")
     assert proposer.encoder == "stock"
@@ -251,8 +375,8 @@ def test_fast_decoder_that_differs_or_fails_falls_back_to_stock(tiny_sam2_dir, m
     def broken(*args):
         raise AttributeError("'Sam2MaskDecoder' object has no attribute 'iou_token'")
 
-    monkeypatch.setattr(fast_decoder, "_run_transformer", broken)
-    monkeypatch.setattr(fast_decoder, "_run_transformer_low_rank", broken)
+    monkeypatch.setattr(two_way, "run_transformer", broken)
+    monkeypatch.setattr(two_way, "run_transformer_low_rank", broken)
     with pytest.warns(RuntimeWarning, match="AttributeError"):
         assert Sam2Proposer(model, device="cpu").decoder == "stock"
     assert Sam2Proposer(model, device="cpu", check=False).decoder == "fast"  # no check: as asked
@@ -261,16 +385,14 @@ def test_fast_decoder_that_differs_or_fails_falls_back_to_stock(tiny_sam2_dir, m
 # ---------------------------------------------------------------------------- fast decoder
 
 
-def test_fast_decoder_equals_stock_across_chunks(tiny_models, stock_proposer, tiny_image, monkeypatch):
-    fast, _ = tiny_models
-    monkeypatch.setattr(fast_decoder, "PROMPT_CHUNK", 5)
-    monkeypatch.setattr(fast_decoder, "UPSCALE_CHUNK", 2)
-    monkeypatch.setattr(fast_decoder, "PIXEL_TILE", 1000)  # not a divisor of the 4096 pixels
+def test_fast_decoder_equals_stock_across_chunks(tiny_models, stock_proposer, tiny_image):
+    options = Sam2Options(prompt_chunk=5, upscale_chunk=2, pixel_tile=1000)  # 1000: not a divisor of 4096
+    fast = Sam2Proposer(tiny_models[0].model, device="cpu", options=options)
     embedding = fast.embed(tiny_image)
     points = grid_points(7)
     for threshold in (-1.0, 0.5):
-        expected = stock_proposer.decode(embedding, points, batch_size=64, iou_threshold=threshold)
-        got = fast.decode(embedding, points, batch_size=64, iou_threshold=threshold)
+        expected = stock_proposer.decode_points(embedding, points, batch_size=64, iou_threshold=threshold)
+        got = fast.decode_points(embedding, points, batch_size=64, iou_threshold=threshold)
         assert len(got) == len(expected) > 0
         torch.testing.assert_close(got.points, expected.points, rtol=0, atol=0)
         torch.testing.assert_close(got.predicted_iou, expected.predicted_iou, rtol=0, atol=IOU_ATOL)
@@ -294,8 +416,8 @@ def test_fast_decoder_equals_stock_with_more_heads(tiny_image):
     assert fast.decoder == "fast"
     embedding = stock.embed(tiny_image)
     points = grid_points(3)
-    expected = stock.decode(embedding, points, batch_size=4, iou_threshold=-1.0)
-    got = fast.decode(embedding, points, batch_size=4, iou_threshold=-1.0)
+    expected = stock.decode_points(embedding, points, batch_size=4, iou_threshold=-1.0)
+    got = fast.decode_points(embedding, points, batch_size=4, iou_threshold=-1.0)
     torch.testing.assert_close(got.predicted_iou, expected.predicted_iou, rtol=0, atol=IOU_ATOL)
     scale = float(expected.low_res_logits.abs().max())
     torch.testing.assert_close(
@@ -303,32 +425,13 @@ def test_fast_decoder_equals_stock_with_more_heads(tiny_image):
     )
 
 
-def _trained_looking_decoder(depth: int) -> Sam2Model:
-    """The tiny SAM2 with every decoder parameter random and O(1) (the tiny init gives logits
-    ~1e-5) and LayerNorms around 1 with non-zero biases."""
-    parts = tiny_sam2_config().to_dict()
-    parts["mask_decoder_config"].update(num_hidden_layers=depth)
-    torch.manual_seed(11)
-    model = Sam2Model(
-        Sam2Config(**{k: parts[k] for k in ("vision_config", "prompt_encoder_config", "mask_decoder_config")})
-    )
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for parameter in model.mask_decoder.parameters():
-            noise = torch.randn(parameter.shape, generator=generator)
-            fan_in = parameter[0].numel() if parameter.dim() > 1 else 1
-            parameter.copy_(noise / fan_in**0.5 if parameter.dim() > 1 else 0.3 * noise)
-        for module in model.mask_decoder.modules():
-            if isinstance(module, torch.nn.LayerNorm) or module.__class__.__name__.endswith("LayerNorm"):
-                module.weight.add_(1.0)
-    return model
-
-
-def _assert_fast_equals_stock(model: Sam2Model, tiny_image, scale: float = 1.0, offset: float = 1.0) -> None:
+def _assert_fast_equals_stock(
+    model: Sam2Model, tiny_image, scale: float = 1.0, offset: float = 1.0, options: Sam2Options | None = None
+) -> None:
     """Fast and stock decoders on features of size ``scale`` with a per-pixel offset of size
     ``offset`` (non-zero channel means, as real image features have)."""
     stock = Sam2Proposer(model, device="cpu", decoder="stock")
-    fast = Sam2Proposer(model, device="cpu", decoder="fast")
+    fast = Sam2Proposer(model, device="cpu", decoder="fast", options=options)
     assert fast.decoder == "fast"  # its own check at load passed (no fallback to stock)
     embedding = stock.embed(tiny_image)
     generator = torch.Generator().manual_seed(4)
@@ -340,8 +443,8 @@ def _assert_fast_equals_stock(model: Sam2Model, tiny_image, scale: float = 1.0, 
         feat_s0=torch.randn(embedding.feat_s0.shape, generator=generator),
     )
     points = grid_points(4)
-    expected = stock.decode(embedding, points, batch_size=8, iou_threshold=-1.0)
-    got = fast.decode(embedding, points, batch_size=8, iou_threshold=-1.0)
+    expected = stock.decode_points(embedding, points, batch_size=8, iou_threshold=-1.0)
+    got = fast.decode_points(embedding, points, batch_size=8, iou_threshold=-1.0)
     torch.testing.assert_close(got.predicted_iou, expected.predicted_iou, rtol=0, atol=IOU_ATOL)
     largest = float(expected.low_res_logits.abs().max())
     assert largest > 0.1
@@ -352,23 +455,20 @@ def _assert_fast_equals_stock(model: Sam2Model, tiny_image, scale: float = 1.0, 
 
 @pytest.mark.parametrize(("chain", "low_rank"), [(True, True), (True, False), (False, False)])
 @pytest.mark.parametrize("depth", [2, 3])
-def test_fast_decoder_equals_stock_with_trained_looking_norms(
-    tiny_image, depth, chain, low_rank, monkeypatch
-):
+def test_fast_decoder_equals_stock_with_trained_looking_norms(tiny_image, depth, chain, low_rank):
     """Fresh models have LayerNorm weight 1 and bias 0, which would hide a wrong gamma or beta
-    in the conv1 chain (see fast_decoder._Conv1Chain) or the low-rank tokens: randomise every
+    in the conv1 chain (see image_context.Conv1Chain) or the low-rank tokens: randomise every
     norm and bias, and also try a three-block decoder (both are written for any depth), with
     and without the low-rank tokens, with the chain and with the direct conv1 product."""
-    monkeypatch.setattr(fast_decoder, "CONV1_CHAIN", chain)
-    monkeypatch.setattr(fast_decoder, "LOW_RANK_TOKENS", low_rank)
-    _assert_fast_equals_stock(_trained_looking_decoder(depth), tiny_image)
+    options = Sam2Options(conv1_chain=chain, low_rank_tokens=low_rank)
+    _assert_fast_equals_stock(trained_looking_sam2(depth), tiny_image, options=options)
 
 
 @pytest.mark.parametrize(("scale", "offset"), [(0.1, 0.1), (30.0, 0.0), (1.0, 30.0)])
 def test_low_rank_tokens_hold_for_small_large_and_offset_features(tiny_image, scale, offset):
     """The low-rank LayerNorm statistics are sums of expanded terms: features far from O(1), or
     with channel means far larger than their spread, must not lose what cancels."""
-    _assert_fast_equals_stock(_trained_looking_decoder(2), tiny_image, scale, offset)
+    _assert_fast_equals_stock(trained_looking_sam2(2), tiny_image, scale, offset)
 
 
 def test_bfloat16_runs_and_stays_close(tiny_sam2_dir, tiny_image):
@@ -449,58 +549,3 @@ def test_encoder_bfloat16(tiny_models):
     features = half.encode(images)
     assert features.dtype == torch.float32
     torch.testing.assert_close(features, encoder.encode(images), rtol=0.1, atol=0.1)
-
-
-class _FakeMallopt:
-    def __init__(self) -> None:
-        self.calls: list[tuple[int, int]] = []
-
-    def __call__(self, param: int, value: int) -> int:
-        self.calls.append((param, value))
-        return 1
-
-
-def _fake_glibc(mallopt: _FakeMallopt, trims: list[int]):
-    return type(
-        "Glibc",
-        (),
-        {
-            "gnu_get_libc_version": staticmethod(lambda: b"2.36"),
-            "mallopt": mallopt,
-            "malloc_trim": staticmethod(lambda pad: trims.append(pad) or 1),
-        },
-    )()
-
-
-def test_retain_freed_memory_raises_glibc_thresholds_once_and_release_trims(monkeypatch):
-    mallopt, trims = _FakeMallopt(), []
-    libc = _fake_glibc(mallopt, trims)
-    monkeypatch.setattr(malloc_tuning.sys, "platform", "linux")
-    monkeypatch.setattr(malloc_tuning.ctypes, "CDLL", lambda name: libc)
-    monkeypatch.setattr(malloc_tuning, "_malloc_tuned", None)
-    monkeypatch.setattr(malloc_tuning, "_libc", None)
-    assert malloc_tuning.release_freed_memory() is False  # nothing retained yet: nothing to trim
-    assert malloc_tuning.retain_freed_memory() is True
-    assert malloc_tuning.retain_freed_memory() is True
-    assert mallopt.calls == [
-        (-3, malloc_tuning.MALLOC_MMAP_THRESHOLD_BYTES),
-        (-1, malloc_tuning.MALLOC_TRIM_THRESHOLD_BYTES),
-    ]
-    assert max(value for _, value in mallopt.calls) < 2**31  # mallopt takes a C int
-    assert malloc_tuning.release_freed_memory() is True
-    assert trims == [0]
-
-
-def test_retain_freed_memory_leaves_other_libcs_and_opt_out_alone(monkeypatch):
-    mallopt, trims = _FakeMallopt(), []
-    musl = type("Musl", (), {"mallopt": mallopt, "malloc_trim": lambda pad: trims.append(pad)})()
-    monkeypatch.setattr(malloc_tuning.sys, "platform", "linux")
-    monkeypatch.setattr(malloc_tuning.ctypes, "CDLL", lambda name: musl)
-    monkeypatch.setattr(malloc_tuning, "_malloc_tuned", None)
-    monkeypatch.setattr(malloc_tuning, "_libc", None)
-    assert malloc_tuning.retain_freed_memory() is False
-    assert malloc_tuning.release_freed_memory() is False
-    monkeypatch.setattr(malloc_tuning, "_malloc_tuned", None)
-    monkeypatch.setattr(malloc_tuning, "RETAIN_FREED_MEMORY", False)
-    assert malloc_tuning.retain_freed_memory() is False
-    assert mallopt.calls == [] and trims == []

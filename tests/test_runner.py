@@ -8,21 +8,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from refseg import PAPER, MemoryBank
 from refseg.errors import InvalidInputError
-from refseg.instances import Instances, masks_to_boxes
+from refseg.instances import Instances
+from refseg.masks import masks_to_boxes_exclusive as masks_to_boxes
+from refseg.models.base import EncoderIdentity
 from refseg.references import add_coco_references, folder_references, read_mask
 from refseg.runner import (
-    Target,
-    coco_targets,
-    collect_targets,
     partial_path,
     partial_paths,
     predict_files,
     read_partial,
     sidecar_path,
 )
+from refseg.targets import Target, coco_targets, collect_targets
 
 
 class FakeMemory:
@@ -225,6 +227,71 @@ def test_resume_refuses_partial_results_of_other_settings(tmp_path: Path, image_
         predict_files(FakeSegmenter(), targets, out, resume=True, progress=False, run_info={"shots": 5})
 
 
+class SettingsSegmenter(FakeSegmenter):
+    """A FakeSegmenter with what a real one has: preset settings and a fingerprinted memory bank."""
+
+    def __init__(self, bank, fail_after: int | None = None, **overrides: object) -> None:
+        super().__init__(fail_after)
+        self.memory = bank
+        self.settings = PAPER.replace(**overrides)
+
+
+def _bank(*feature_values: float):
+    bank = MemoryBank(EncoderIdentity("enc", "r1", 518, 4))
+    for index, value in enumerate(feature_values):
+        bank.add(torch.full((4,), value), ["bright", "dark"][index % 2])
+    bank.set_category_id("bright", 7)
+    bank.set_category_id("dark", 9)
+    return bank
+
+
+def _interrupted(out: Path, targets, segmenter) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        predict_files(segmenter, targets, out, progress=False)
+
+
+def test_resume_from_python_checks_the_settings_itself(tmp_path: Path, image_dir: Path) -> None:
+    targets = collect_targets([image_dir])
+    out = tmp_path / "out.json"
+    _interrupted(out, targets, SettingsSegmenter(_bank(1.0, 2.0), fail_after=2, points_per_side=16))
+    header, _ = read_partial(partial_path(out))
+    assert header["run_key"]["settings"]["points_per_side"] == 16
+    assert "points_batch_size" not in header["run_key"]["settings"]
+
+    with pytest.raises(InvalidInputError, match=r"points_per_side was 16, now 32") as refused:
+        predict_files(SettingsSegmenter(_bank(1.0, 2.0)), targets, out, resume=True, progress=False)
+    assert "iou_threshold" not in str(refused.value)  # only what changed is named
+    with pytest.raises(InvalidInputError, match="score_threshold was 0.0, now 0.5"):
+        predict_files(
+            SettingsSegmenter(_bank(1.0, 2.0), points_per_side=16),
+            targets,
+            out,
+            resume=True,
+            score_threshold=0.5,
+            progress=False,
+        )
+    # A compute-only setting may change; the same bank content (here rebuilt) is the same memory.
+    second = SettingsSegmenter(_bank(1.0, 2.0), points_per_side=16, points_batch_size=7)
+    summary = predict_files(second, targets, out, resume=True, progress=False)
+    assert summary.resumed == 2 and len(second.calls) == 4
+
+
+def test_resume_from_python_refuses_another_memory_bank(tmp_path: Path, image_dir: Path) -> None:
+    targets = collect_targets([image_dir])
+    out = tmp_path / "out.json"
+    _interrupted(out, targets, SettingsSegmenter(_bank(1.0, 2.0), fail_after=2))
+    with pytest.raises(InvalidInputError, match="memory bank's content differs"):
+        predict_files(SettingsSegmenter(_bank(1.0, 3.0)), targets, out, resume=True, progress=False)
+
+
+def test_memory_fingerprint_follows_content_not_file(tmp_path: Path) -> None:
+    bank = _bank(1.0, 2.0)
+    saved = MemoryBank.load(bank.save(tmp_path / "a.safetensors"))
+    assert saved.fingerprint() == bank.fingerprint() == _bank(1.0, 2.0).fingerprint()
+    bank.set_category_id("dark", 10)
+    assert bank.fingerprint() != saved.fingerprint()
+
+
 def test_without_resume_earlier_partial_results_are_dropped(tmp_path: Path, image_dir: Path) -> None:
     targets = collect_targets([image_dir])
     out = tmp_path / "out.json"
@@ -388,7 +455,7 @@ def test_add_coco_references_uses_masks_boxes_and_reports_the_rest(tmp_path: Pat
 
 
 def test_read_mask_understands_common_mask_pngs(tmp_path: Path) -> None:
-    from refseg.memory import decode_mask
+    from refseg.masks import decode_mask
 
     truth = np.zeros((6, 8), dtype=bool)
     truth[1:4, 2:6] = True
@@ -421,3 +488,34 @@ def test_folder_references_pairs_images_with_their_masks(tmp_path: Path) -> None
     assert [m["source"]["file"] for m in missing] == [str(tmp_path / "cat" / "c.png")]
     with pytest.raises(InvalidInputError, match="one sub-folder per class"):
         folder_references(tmp_path / "cat")
+
+
+def test_resume_refuses_partial_files_of_refseg_0_1_0(tmp_path: Path, image_dir: Path) -> None:
+    targets = collect_targets([image_dir])
+    out = tmp_path / "out.json"
+    partial_path(out).write_text('{"refseg_partial": 1, "run_info": {"score_thr": 0.0}}\n')
+    with pytest.raises(InvalidInputError, match="another refseg version"):
+        predict_files(FakeSegmenter(), targets, out, resume=True, progress=False)
+
+
+def test_a_second_run_on_the_same_output_stops_and_leaves_the_first_alone(tmp_path: Path, image_dir: Path):
+    """Two runs on one output: the loser said 'run again with --resume', which was wrong."""
+    import os
+    import socket
+
+    from refseg.errors import OutputError
+    from refseg.files import lock_path
+
+    out = tmp_path / "out" / "results.json"
+    targets = collect_targets([image_dir])
+    with pytest.raises(KeyboardInterrupt):
+        predict_files(FakeSegmenter(fail_after=2), targets, out, progress=False)
+    assert not lock_path(out).exists()  # released by the interrupted run
+    before = partial_path(out).read_bytes()
+    lock_path(out).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
+    with pytest.raises(OutputError, match=rf"Another refseg run \(pid {os.getppid()} on .*\) is writing"):
+        predict_files(FakeSegmenter(), targets, out, progress=False)
+    assert partial_path(out).read_bytes() == before  # the other run's partial file untouched
+    lock_path(out).unlink()
+    summary = predict_files(FakeSegmenter(), targets, out, resume=True, progress=False)
+    assert summary.resumed == 2 and not lock_path(out).exists()

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import numpy as np
 import pytest
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
-from synthetic import SyntheticEncoder, SyntheticProposer, make_scene, scene_ground_truth
+from synthetic import SyntheticEncoder, SyntheticProposer, coco_ap, make_scene, scene_ground_truth
 
 from refseg import EncoderMismatchError, Instances, InvalidInputError, MemoryBank, Segmenter
 from refseg.models.base import EncoderIdentity
@@ -25,22 +20,6 @@ def segmenter() -> Segmenter:
         for mask, class_name in zip(reference.masks, reference.classes, strict=True):
             seg.add_reference(reference.image, class_name, mask=mask, source={"scene": seed})
     return seg
-
-
-def _evaluate(gt: dict, results: list[dict]) -> dict[str, float]:
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes(results)
-        stats = {}
-        for iou_type in ("bbox", "segm"):
-            evaluator = COCOeval(coco_gt, coco_dt, iou_type)
-            evaluator.evaluate()
-            evaluator.accumulate()
-            evaluator.summarize()
-            stats[iou_type] = float(evaluator.stats[0])
-    return stats
 
 
 def test_every_instance_found_with_its_class_and_ap_is_one(segmenter):
@@ -60,7 +39,7 @@ def test_every_instance_found_with_its_class_and_ap_is_one(segmenter):
             assert confident.names[best] == class_name
         assert list(instances.scores) == sorted(instances.scores, reverse=True)
         results += instances.to_coco(image_id, segmenter.memory.category_ids)
-    stats = _evaluate(scene_ground_truth(scenes, CLASSES), results)
+    stats = coco_ap(scene_ground_truth(scenes, CLASSES), results)
     assert stats["bbox"] == pytest.approx(1.0)
     assert stats["segm"] == pytest.approx(1.0)
 
@@ -169,3 +148,22 @@ def test_settings_are_used(segmenter):
     instances = segmenter.predict(make_scene(2).image)
     assert len(instances) == 2
     assert segmenter.proposer.last_points.shape == (16, 2)
+
+
+def test_the_synthetic_proposer_has_the_proposer_seam():
+    import torch
+
+    from refseg.models.base import Proposer
+
+    proposer = SyntheticProposer()
+    assert isinstance(proposer, Proposer)
+    scene = make_scene(13, classes=("red",), per_class=1)
+    seg = Segmenter(proposer, SyntheticEncoder())
+    embedding = proposer.embed(seg._proposer_input(scene.image)[0])
+    ys, xs = np.nonzero(scene.masks[0])
+    scale = proposer.image_size / scene.image.shape[0]
+    inside = torch.tensor([[xs.mean() * scale, ys.mean() * scale]])
+    logits, iou = proposer.decode_prompts(embedding, inside)
+    assert iou > 0.5 and (logits > 0).any()
+    _, none = proposer.decode_prompts(embedding, inside, torch.tensor([0]))  # "not this": nothing left
+    assert none == 0.0

@@ -13,9 +13,10 @@ from pycocotools import mask as mask_utils
 from synthetic import SyntheticEncoder, SyntheticProposer, make_scene
 
 from refseg import Instances, MemoryBank, Segmenter
-from refseg.cli_viz import picture_references, show_memory_command
+from refseg.cli.memory import show_memory_command
 from refseg.errors import InvalidInputError
-from refseg.instances import masks_to_boxes
+from refseg.masks import masks_to_boxes_exclusive as masks_to_boxes
+from refseg.memory_pictures import picture_references
 from refseg.models.base import EncoderIdentity
 from refseg.viz import (
     PALETTE,
@@ -275,9 +276,9 @@ def test_picture_references_finds_images_and_masks_from_the_recorded_sources(tin
     memory_path, coco_path, scene = tiny_bank
     bank = MemoryBank.load(memory_path)
     found, skipped = picture_references(bank, images_dir=tmp_path, coco=json.loads(coco_path.read_text()))
-    assert [name for _, _, name in found] == ["red", "red", "blue"]
-    for (_, mask, _), expected in zip(found, scene.masks[:3], strict=True):
-        assert np.array_equal(mask, expected)
+    assert [r.class_name for r in found] == ["red", "red", "blue"]
+    for reference, expected in zip(found, scene.masks[:3], strict=True):
+        assert np.array_equal(reference.mask, expected)
     assert len(skipped) == 1 and "missing.png" in skipped[0]
     # Without the COCO json the annotation-id reference cannot be found again.
     found, skipped = picture_references(bank, images_dir=tmp_path)
@@ -291,8 +292,8 @@ def test_picture_references_finds_images_and_masks_from_the_recorded_sources(tin
         calls.append(list(box))
         return scene.masks[0]
 
-    found, _ = picture_references(bank, images_dir=tmp_path, box_to_mask=box_to_mask, max_per_class=1)
-    assert calls == [[0, 0, 20, 20]] and [name for _, _, name in found] == ["red"]
+    found, _ = picture_references(bank, images_dir=tmp_path, prompt_to_mask=box_to_mask, max_per_class=1)
+    assert calls == [[0, 0, 20, 20]] and [r.class_name for r in found] == ["red"]
 
 
 def test_memory_show_command_writes_the_picture(tiny_bank, tiny_dinov2_dir, tmp_path) -> None:
@@ -351,3 +352,37 @@ def test_memory_show_refuses_an_encoder_other_than_the_banks(tmp_path, tiny_dino
     path = bank.save(tmp_path / "memory.safetensors")
     result = CliRunner().invoke(show_memory_command, [str(path), "--encoder", str(tiny_dinov2_dir)])
     assert result.exit_code != 0 and "encoder" in result.output and "Traceback" not in result.output
+
+
+def test_memory_show_crops_with_the_banks_context_ratio(tmp_path, tiny_dinov2_dir) -> None:
+    from refseg.models.loading import load_encoder
+
+    encoder = load_encoder(tiny_dinov2_dir, device="cpu")
+    scene = make_scene(5, classes=("red",), size=(160, 160), per_class=1, radius=(12, 18))
+    Image.fromarray(scene.image).save(tmp_path / "scene.png")
+    segmenter = Segmenter(SyntheticProposer(), encoder, preset="fast", context_ratio=0.6)
+    segmenter.add_reference(
+        scene.image, "red", mask=scene.masks[0], source={"file": "scene.png", "mask": rle_of(scene.masks[0])}
+    )
+    memory_path = segmenter.memory.save(tmp_path / "memory.safetensors")
+    out = tmp_path / "memory.png"
+    result = CliRunner().invoke(
+        show_memory_command,
+        [
+            str(memory_path),
+            "-o",
+            str(out),
+            "--images",
+            str(tmp_path),
+            "--encoder",
+            str(tiny_dinov2_dir),
+            "--tile-size",
+            "32",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    references = [(scene.image, scene.masks[0], "red")]
+    wide = memory_picture(encoder, references, context_ratio=0.6, tile_size=32)
+    default = memory_picture(encoder, references, tile_size=32)
+    shown = np.asarray(Image.open(out).convert("RGB"))
+    assert np.array_equal(shown, np.asarray(wide)) and not np.array_equal(shown, np.asarray(default))

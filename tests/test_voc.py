@@ -13,10 +13,11 @@ import torch
 from cocodata import make_coco_dataset, make_voc_dataset
 
 from refseg.data.boxes import boxes_to_input_space, boxes_to_masks, logits_to_masks
-from refseg.data.coco import box_to_mask, iter_images, load_coco, segmentation_to_mask
+from refseg.data.coco import iter_images, load_coco
 from refseg.data.voc import voc_image_dir, voc_to_coco
 from refseg.errors import InvalidInputError
 from refseg.evaluate import evaluate
+from refseg.masks import box_to_mask, segmentation_to_mask
 from refseg.preprocess import proposer_input
 
 # ---------------------------------------------------------------- VOC -> COCO
@@ -146,7 +147,8 @@ def test_size_read_from_the_image_when_the_xml_lacks_it(tmp_path: Path) -> None:
 class BoxFillProposer:
     """A fake proposer whose mask of a box is the box itself, on its 256 x 256 logit grid.
 
-    Records every call so the test can check the image and the boxes it was given."""
+    Its embedding is the image; records every decode so the test can check the image and the
+    boxes it was given."""
 
     image_size = 64
 
@@ -154,7 +156,10 @@ class BoxFillProposer:
         self.empty = empty
         self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def masks_from_boxes(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
+        return image.clone()
+
+    def decode_boxes(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         self.calls.append((image.clone(), boxes.clone()))
         logits = torch.full((len(boxes), 256, 256), -4.0)
         if self.empty:
@@ -245,7 +250,7 @@ def test_boxes_to_masks_checks_the_proposer_output(box_only: tuple[dict, Path, d
     coco, image_dir, _ = box_only
 
     class Wrong(BoxFillProposer):
-        def masks_from_boxes(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        def decode_boxes(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
             return torch.zeros((len(boxes) + 1, 256, 256))
 
     with pytest.raises(InvalidInputError, match="expected \\(K, h, w\\)"):
@@ -280,3 +285,52 @@ def test_boxes_to_masks_with_the_tiny_real_sam2(request: pytest.FixtureRequest, 
     for annotation in out["annotations"]:
         mask = segmentation_to_mask(annotation["segmentation"], 120, 160)
         assert mask.any() and annotation["area"] == mask.sum()
+
+
+# ----------------------------------------------------------------------------- unknown classes and splits
+
+
+def test_voc2coco_refuses_a_misspelt_class_instead_of_an_empty_category(tmp_path):
+    from click.testing import CliRunner
+
+    from refseg.cli import cli
+
+    voc_root, _ = make_voc_dataset(tmp_path, n_images=2)
+    result = CliRunner().invoke(
+        cli, ["voc2coco", str(voc_root), "--classes", "dgo,cat", "-o", str(tmp_path / "v.json")]
+    )
+    assert result.exit_code == 1
+    assert "Unknown class 'dgo' (did you mean 'dog'?)" in result.stderr
+    assert "Its objects are named: cat, dog, sofa" in result.stderr
+    assert not (tmp_path / "v.json").exists()
+    result = CliRunner().invoke(
+        cli, ["voc2coco", str(voc_root), "--classes", "voc-splt-1", "-o", str(tmp_path / "v.json")]
+    )
+    assert (
+        result.exit_code == 1 and "Did you mean the split voc-split-1? Split names: coco-all" in result.stderr
+    )
+
+
+def test_voc2coco_takes_coco_spellings_and_warns_about_absent_voc_classes(tmp_path, caplog):
+    from click.testing import CliRunner
+
+    from refseg.cli import cli
+
+    voc_root, _ = make_voc_dataset(tmp_path, n_images=2)
+    with caplog.at_level(logging.WARNING, logger="refseg"):
+        converted = voc_to_coco(voc_root, classes=["dog", "aeroplane"])
+    assert [c["name"] for c in converted["categories"]] == ["dog", "aeroplane"]
+    assert "no object of aeroplane" in caplog.text
+    out = tmp_path / "v.json"
+    result = CliRunner().invoke(cli, ["voc2coco", str(voc_root), "--classes", "dog,couch", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [c["name"] for c in json.loads(out.read_text())["categories"]] == ["dog", "sofa"]
+
+
+def test_an_unknown_split_name_lists_the_splits():
+    from refseg.data.splits import resolve_classes
+
+    with pytest.raises(
+        InvalidInputError, match="Did you mean the split coco-fsod-novel\\? Split names: coco-all"
+    ):
+        resolve_classes("coco-fsod-novle", {"cat": 1})

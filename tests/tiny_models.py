@@ -6,7 +6,8 @@ so scripts/make_screenshots.py builds its tiny models from the same configuratio
 
 from __future__ import annotations
 
-from transformers import Dinov2Config, Dinov2WithRegistersConfig, Sam2Config, Sam2VideoConfig
+import torch
+from transformers import Dinov2Config, Dinov2WithRegistersConfig, Sam2Config, Sam2Model, Sam2VideoConfig
 
 # Larger than the 0.02 default so random predicted IoUs, best-of-3 choices and mask logits
 # differ clearly between prompts (with 0.02 every logit is ~1e-6).
@@ -77,3 +78,24 @@ def tiny_dinov2_config(num_register_tokens: int = 0) -> Dinov2Config | Dinov2Wit
     if num_register_tokens:
         return Dinov2WithRegistersConfig(**common, num_register_tokens=num_register_tokens)
     return Dinov2Config(**common)
+
+
+def trained_looking_sam2(depth: int) -> Sam2Model:
+    """The tiny SAM2 with every decoder parameter random and O(1) (the tiny init gives logits
+    ~1e-5) and LayerNorms around 1 with non-zero biases."""
+    parts = tiny_sam2_config().to_dict()
+    parts["mask_decoder_config"].update(num_hidden_layers=depth)
+    torch.manual_seed(11)
+    model = Sam2Model(
+        Sam2Config(**{k: parts[k] for k in ("vision_config", "prompt_encoder_config", "mask_decoder_config")})
+    )
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for parameter in model.mask_decoder.parameters():
+            noise = torch.randn(parameter.shape, generator=generator)
+            fan_in = parameter[0].numel() if parameter.dim() > 1 else 1
+            parameter.copy_(noise / fan_in**0.5 if parameter.dim() > 1 else 0.3 * noise)
+        for module in model.mask_decoder.modules():
+            if isinstance(module, torch.nn.LayerNorm) or module.__class__.__name__.endswith("LayerNorm"):
+                module.weight.add_(1.0)
+    return model

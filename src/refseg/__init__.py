@@ -3,30 +3,34 @@
 Show a few annotated examples of each class; refseg finds, segments and labels every
 instance of those classes in new images (SAM2 proposals + DINOv2 semantic matching, the
 method of "No time to train!", Espinosa et al. 2025).
+
+Importing refseg changes nothing in the process and imports neither torch nor transformers:
+the names below that need them (:class:`Segmenter`, :class:`MemoryBank`, :class:`Instances`)
+are imported on first use. So a program can choose its process settings first, before torch
+is imported (:mod:`refseg.runtime`, as the ``refseg`` command does).
 """
 
 from __future__ import annotations
 
-import os as _os
-
-# 2 MiB transparent huge pages for large CPU tensors. torch reads this once, when it is first
-# imported, so it applies when refseg is imported before torch (as by the CLI). With the malloc
-# retention of models/malloc.py it kept the paper preset's peak RSS at 3.15 GiB instead of
-# 4.9-6.4 GiB on CPU (docs/speed.md, measured before the lean encoder). A value the user
-# already set wins.
-_os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
-__version__ = "0.1.0"
+from importlib import import_module
+from typing import TYPE_CHECKING
 
 from .errors import EncoderMismatchError, InvalidInputError, RefsegError, WeightsUnavailableError
-from .instances import Instances
-from .memory import MemoryBank
-from .presets import FAST, PAPER, PRESETS, Preset, get_preset
-from .segmenter import Segmenter
+from .presets import FAST, PAPER, PAPER_NEG, PRESETS, Preset, get_preset
+
+if TYPE_CHECKING:
+    from .instances import Instances
+    from .memory import MemoryBank
+    from .segmenter import Segmenter
+
+__version__ = "0.2.0"
+
+_LAZY = {"Instances": ".instances", "MemoryBank": ".memory", "Segmenter": ".segmenter"}
 
 __all__ = [
     "FAST",
     "PAPER",
+    "PAPER_NEG",
     "PRESETS",
     "EncoderMismatchError",
     "Instances",
@@ -39,3 +43,15 @@ __all__ = [
     "__version__",
     "get_preset",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # found directly from now on
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -23,3 +23,8 @@ class InvalidInputError(RefsegError):
 
 class EncoderMismatchError(RefsegError):
     """A memory bank was built with a different encoder than the one asked to use it."""
+
+
+class OutputError(RefsegError):
+    """An output cannot be written: no permission, a read-only or full disk, a folder where a
+    file should be (or the reverse), or another run writing the same output."""

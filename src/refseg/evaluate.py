@@ -7,7 +7,10 @@ as ``COCOeval.summarize`` does, but for any ``max_dets`` (``summarize`` assumes 
 
 Details that follow the common practice of detectron2's COCO evaluator:
 - for ``segm``, result boxes are dropped before loading, so pycocotools takes each result's
-  area from its mask, not its box (areas decide the small/medium/large ranges);
+  area from its mask, not its box (areas decide the small/medium/large ranges, so APs, APm and
+  APl). Plain pycocotools keeps a result's ``bbox`` and takes its area from the box (``loadRes``
+  reads the box first): ``segm_areas="box"`` evaluates that way (``refseg eval --segm-areas
+  box``). AP, AP50, AP75 and the ARs over all areas are the same either way;
 - results of classes outside the evaluated set are dropped.
 """
 
@@ -19,30 +22,25 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .data.coco import (
-    check_coco,
-    has_segmentation,
-    load_coco,
-    rle_area,
-    rle_to_bbox,
-    rle_to_json,
-    segmentation_to_rle,
-)
+from .data.coco import check_coco, has_segmentation, load_coco
 from .data.splits import resolve_classes
 from .errors import InvalidInputError
+from .masks import is_clean_polygon_list, rle_area, rle_to_bbox, rle_to_json, segmentation_to_rle
+from .results import load_results
 
 logger = logging.getLogger(__name__)
 
 #: Names of the 12 COCOeval summary numbers, in COCOeval.stats order.
 STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")  # fmt: skip
 IOU_TYPES: tuple[str, ...] = ("bbox", "segm")
+#: Where a segm result's area comes from: its mask (default, as detectron2) or its box (pycocotools).
+SEGM_AREAS: tuple[str, ...] = ("mask", "box")
 
 
 def evaluate(
@@ -53,6 +51,7 @@ def evaluate(
     iou_types: Sequence[str] = IOU_TYPES,
     max_dets: int = 100,
     image_ids: Iterable[int] | None = None,
+    segm_areas: str = "mask",
 ) -> dict[str, Any]:
     """COCO AP/AR of detection or segmentation results.
 
@@ -66,25 +65,32 @@ def evaluate(
         max_dets: detections per image considered (the third of COCOeval's maxDets,
             ``[1, 10, max_dets]``); the ``AR100`` key always holds AR at this value.
         image_ids: evaluate on these gt images only (default: all).
+        segm_areas: for ``segm``, where a result's area (its small/medium/large range) comes
+            from: ``"mask"`` (default; result boxes dropped, as detectron2) or ``"box"`` (plain
+            pycocotools: a result's ``bbox`` is kept and its area is the box's w x h).
 
     Returns:
         ``{"bbox": {stat: value}, "segm": {...}, "per_class": {iou_type: {class: {"AP", "AP50",
         "AP75"}}}, "classes": [...], "category_ids": [...], "num_images": int,
-        "num_results": int, "max_dets": [1, 10, max_dets]}``, with one entry per requested iou
+        "num_results": int, "max_dets": [1, 10, max_dets], "segm_areas": str}``, with one entry per requested iou
         type and stats named as :data:`STAT_NAMES`, in percent. A stat pycocotools cannot
         define (no ground truth in that area range) is ``-1.0``. No results: zeros.
 
     Raises:
         InvalidInputError: unreadable files, an unknown class or iou type, results on images
-            not in the gt, ``segm`` asked for with box-only ground truth or results.
+            not in the gt, results none of whose category ids is a gt category, ``segm``
+            asked for with box-only ground truth or results.
     """
     unknown = [t for t in iou_types if t not in IOU_TYPES]
     if unknown or not iou_types:
         raise InvalidInputError(f"Unknown iou types {unknown or list(iou_types)}: use 'bbox' and/or 'segm'.")
     if int(max_dets) < 1:
         raise InvalidInputError(f"max_dets must be at least 1, got {max_dets}.")
+    if segm_areas not in SEGM_AREAS:
+        raise InvalidInputError(f"segm_areas must be one of {', '.join(SEGM_AREAS)}, got {segm_areas!r}.")
     gt_data = load_coco(gt) if isinstance(gt, str | os.PathLike) else check_coco(dict(gt))
     result_list = load_results(results)
+    _check_result_categories(result_list, gt_data["categories"], results)
 
     if classes is None:
         chosen = [(str(c["name"]), int(c["id"])) for c in gt_data["categories"]]
@@ -101,51 +107,55 @@ def evaluate(
         "num_images": len(evaluated_images),
         "num_results": len(result_list),
         "max_dets": [1, 10, int(max_dets)],
+        "segm_areas": segm_areas,
         "per_class": {},
     }
     coco_gt = _silent(_coco_from_dict, gt_data)
     for iou_type in iou_types:
         if iou_type == "segm":
             _check_segm_inputs(gt_data, result_list)
-        stats, per_class = _evaluate_one(coco_gt, gt_data, result_list, iou_type, chosen, int(max_dets))
+        stats, per_class = _evaluate_one(
+            coco_gt, gt_data, result_list, iou_type, chosen, int(max_dets), segm_areas
+        )
         summary[iou_type] = stats
         summary["per_class"][iou_type] = per_class
     return summary
 
 
-def load_results(results: str | os.PathLike | Sequence[Mapping]) -> list[dict]:
-    """A results list from a json path or a list, checked for the keys COCOeval needs.
+def _check_result_categories(results: Sequence[Mapping], categories: Sequence[Mapping], source: Any) -> None:
+    """Refuse results whose category ids are none of the ground truth's (all-zero scores that
+    say nothing); warn about those that are partly so (they are not evaluated)."""
+    found = {int(r["category_id"]) for r in results}
+    known = {int(c["id"]): str(c["name"]) for c in categories}
+    stray = found - set(known)
+    if not stray:
+        return
+    if stray != found:
+        logger.warning(
+            "%d result(s) have category ids the ground truth does not have (%s): not evaluated",
+            sum(int(r["category_id"]) in stray for r in results),
+            ", ".join(map(str, sorted(stray)[:10])),
+        )
+        return
+    gt_ids = ", ".join(f"{name}={cid}" for cid, name in sorted(known.items())[:20])
+    named = ""
+    if isinstance(source, str | os.PathLike):
+        from .results import sidecar_path
 
-    Raises:
-        InvalidInputError: missing file, bad json, not a list, or a result missing image_id,
-            category_id, score, or both bbox and segmentation.
-    """
-    if isinstance(results, str | os.PathLike):
-        path = Path(results)
-        if not path.is_file():
-            raise InvalidInputError(f"Results json not found: {path}")
+        sidecar = sidecar_path(source, "images")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise InvalidInputError(f"{path} is not valid json: {error}") from error
-        if isinstance(data, dict) and isinstance(data.get("annotations"), list):
-            data = data["annotations"]  # a COCO-style file holding results as annotations
-        source = str(path)
-    else:
-        data, source = results, "results"
-    if not isinstance(data, list | tuple):
-        raise InvalidInputError(f"{source}: expected a list of result dicts, got {type(data).__name__}.")
-    checked = []
-    for index, result in enumerate(data):
-        if not isinstance(result, Mapping):
-            raise InvalidInputError(f"{source}: result #{index} is not an object.")
-        missing = [key for key in ("image_id", "category_id", "score") if key not in result]
-        if missing:
-            raise InvalidInputError(f"{source}: result #{index} lacks {', '.join(map(repr, missing))}.")
-        if "bbox" not in result and "segmentation" not in result:
-            raise InvalidInputError(f"{source}: result #{index} has neither a bbox nor a segmentation.")
-        checked.append(dict(result))
-    return checked
+            listed = json.loads(sidecar.read_text(encoding="utf-8")).get("categories") or []
+            named = ", ".join(f"{c['name']}={c['id']}" for c in listed[:20])
+        except (OSError, ValueError, AttributeError, TypeError, KeyError, RecursionError):
+            named = ""
+    raise InvalidInputError(
+        f"None of the results' category ids ({', '.join(map(str, sorted(found)[:20]))}) is a category of "
+        f"the ground truth ({gt_ids or 'none'})"
+        + (f"; the results name theirs {named}" if named else "")
+        + ". The results were made with other category ids: predict with --coco GT.json --images DIR "
+        "(results then carry the json's id of each class, matched by name), or build the memory from "
+        "this data set's references."
+    )
 
 
 def restrict_gt(gt: Mapping, category_ids: Sequence[int], image_ids: Iterable[int] | None = None) -> dict:
@@ -175,6 +185,14 @@ def restrict_gt(gt: Mapping, category_ids: Sequence[int], image_ids: Iterable[in
         annotation.setdefault("iscrowd", 0)
         if "id" not in annotation:
             annotation["id"], next_id = next_id, next_id + 1
+        if has_segmentation(annotation) and not is_clean_polygon_list(annotation["segmentation"]):
+            # degenerate polygons or an RLE: as refseg.masks reads them, before pycocotools does
+            height, width = image_sizes[int(annotation["image_id"])]
+            try:
+                rle = segmentation_to_rle(annotation["segmentation"], height, width)
+            except InvalidInputError as error:
+                raise InvalidInputError(f"Ground-truth annotation {annotation['id']}: {error}") from None
+            annotation["segmentation"] = rle_to_json(rle)
         if ("bbox" not in annotation or "area" not in annotation) and has_segmentation(annotation):
             height, width = image_sizes[int(annotation["image_id"])]
             rle = segmentation_to_rle(annotation["segmentation"], height, width)
@@ -228,8 +246,9 @@ def _evaluate_one(
     iou_type: str,
     chosen: Sequence[tuple[str, int]],
     max_dets: int,
+    segm_areas: str = "mask",
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    results = _prepare_results(results, iou_type, gt_data["images"])
+    results = _prepare_results(results, iou_type, gt_data["images"], keep_boxes=segm_areas == "box")
     if results:
         coco_dt = _silent(coco_gt.loadRes, results)
     else:
@@ -285,11 +304,14 @@ def _summary_stats(evaluator: COCOeval, max_dets: int) -> dict[str, float]:
     }
 
 
-def _prepare_results(results: Sequence[Mapping], iou_type: str, images: Sequence[Mapping]) -> list[dict]:
+def _prepare_results(
+    results: Sequence[Mapping], iou_type: str, images: Sequence[Mapping], *, keep_boxes: bool = False
+) -> list[dict]:
     """Copies of the results in the form ``COCO.loadRes`` handles for this iou type.
 
     bbox: a result without a box gets its mask's box. segm: boxes are dropped (so areas come
-    from the masks) and polygon segmentations become RLE.
+    from the masks; ``keep_boxes``: kept, plain pycocotools' areas) and every segmentation is read by :func:`refseg.masks.segmentation_to_rle`
+    (polygons become RLE; an RLE of the wrong size or malformed counts is refused).
     """
     sizes = {int(image["id"]): (int(image["height"]), int(image["width"])) for image in images}
     prepared = []
@@ -302,10 +324,12 @@ def _prepare_results(results: Sequence[Mapping], iou_type: str, images: Sequence
                     f"A result on image {result['image_id']} has no segmentation: evaluate box results "
                     "with iou_types=('bbox',)."
                 )
-            if isinstance(segmentation, list) or isinstance(segmentation.get("counts"), list):
-                height, width = sizes[int(result["image_id"])]
+            height, width = sizes[int(result["image_id"])]
+            try:  # the mask module's checks: pycocotools' C code trusts what it is given
                 result["segmentation"] = rle_to_json(segmentation_to_rle(segmentation, height, width))
-        if iou_type == "segm":
+            except InvalidInputError as error:
+                raise InvalidInputError(f"A result on image {result['image_id']}: {error}") from None
+        if iou_type == "segm" and not keep_boxes:
             result.pop("bbox", None)
         elif "bbox" not in result:
             result["bbox"] = rle_to_bbox(result["segmentation"])

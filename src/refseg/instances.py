@@ -6,7 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from pycocotools import mask as mask_utils
+
+from .masks import masks_to_rles
 
 
 @dataclass
@@ -15,8 +16,8 @@ class Instances:
 
     Attributes:
         masks: (N, H, W) bool, at the original image size.
-        boxes: (N, 4) float32 xyxy in original pixels (x2, y2 exclusive: a one-pixel mask at
-            column 5 has x1 = 5, x2 = 6).
+        boxes: (N, 4) float32 xyxy in original pixels, exclusive x2, y2 (a one-pixel mask at
+            column 5 has x1 = 5, x2 = 6; :func:`refseg.masks.masks_to_boxes_exclusive`).
         scores: (N,) float32 in [0, 1].
         labels: (N,) int64 index into ``class_names``.
         class_names: names of all classes of the memory bank, indexed by ``labels``.
@@ -90,8 +91,7 @@ class Instances:
         results = []
         if len(self) == 0:
             return results
-        rles = mask_utils.encode(np.asfortranarray(self.masks.transpose(1, 2, 0).astype(np.uint8)))
-        for i, rle in enumerate(rles):
+        for i, rle in enumerate(masks_to_rles(self.masks)):
             label = int(self.labels[i])
             if category_ids is None:
                 category_id = label + 1
@@ -106,10 +106,7 @@ class Instances:
                     "category_id": category_id,
                     "bbox": [x1, y1, x2 - x1, y2 - y1],
                     "score": float(self.scores[i]),
-                    "segmentation": {
-                        "size": [int(s) for s in rle["size"]],
-                        "counts": rle["counts"].decode("utf-8"),
-                    },
+                    "segmentation": rle,
                 }
             )
         return results
@@ -129,26 +126,3 @@ class Instances:
             class_id=self.labels.astype(int),
             data={"class_name": np.array(self.names, dtype=object)},
         )
-
-
-def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
-    """Tight boxes of binary masks.
-
-    Args:
-        masks: (N, H, W) bool.
-
-    Returns:
-        (N, 4) float32 xyxy with exclusive x2, y2; all zeros for an empty mask.
-    """
-    n = masks.shape[0]
-    boxes = np.zeros((n, 4), dtype=np.float32)
-    if n == 0:
-        return boxes
-    rows = masks.any(axis=2)
-    cols = masks.any(axis=1)
-    for i in range(n):
-        ys = np.flatnonzero(rows[i])
-        xs = np.flatnonzero(cols[i])
-        if len(xs) and len(ys):
-            boxes[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
-    return boxes

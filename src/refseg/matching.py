@@ -6,6 +6,10 @@ and keeps no state. :func:`postprocess` chains them in the paper's order:
     pool -> score -> low-res boxes -> class-wise NMS (ranked by predicted IoU) -> cap
     -> drop score 0 -> upsample -> drop empty -> soft merge -> top-k
 
+With negative reference examples (a preset with ``negatives``, a departure from the paper),
+scoring also vetoes classes by :func:`nearest_example_vetoes`, and proposals vetoed for every
+class are dropped before NMS.
+
 Inside :func:`postprocess` the full-resolution masks are kept as tight crops (box + bool
 crop), so memory follows the objects' areas and only the returned top-k masks are pasted
 into full (H, W) planes.
@@ -22,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import EncoderMismatchError
+from .masks import masks_to_boxes_inclusive
 
 logger = logging.getLogger(__name__)
 
@@ -120,13 +125,15 @@ def pool_object_features(
 
 
 def score_proposals(
-    object_features: torch.Tensor, prototypes: torch.Tensor
+    object_features: torch.Tensor, prototypes: torch.Tensor, vetoed: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One label and score per proposal: s_ic = max(0, cos), label = argmax_c, score = max_c.
 
     Args:
         object_features: (N, C) L2-normalised (zero rows allowed: they score 0).
         prototypes: (K, C) L2-normalised class prototypes.
+        vetoed: (N, K) bool or None: where True, s_ic = 0 (the proposal may not be class c;
+            :func:`nearest_example_vetoes`). None: the paper's scores.
 
     Returns:
         scores (N,) float32 in [0, 1] and labels (N,) int64 (the first class on ties). With
@@ -142,36 +149,76 @@ def score_proposals(
             "with this encoder, or load the encoder it was built with."
         )
     similarity = (object_features.float() @ prototypes.float().T).clamp(min=0.0)
+    if vetoed is not None:
+        similarity = similarity.masked_fill(vetoed.to(similarity.device), 0.0)
     scores, labels = similarity.max(dim=1)
     return scores, labels
 
 
-# ---------------------------------------------------------------------------- boxes and NMS (section 4)
+# ---------------------------------------------------------------------------- negative examples
 
 
-def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight boxes of binary masks, torchvision convention (inclusive x2, y2).
+@dataclass
+class ReferenceExamples:
+    """A memory's reference features by kind, for :func:`nearest_example_vetoes`.
+
+    Attributes:
+        positive_features: (P, C) features of the positive references (any norm).
+        positive_labels: (P,) int64 class index of each.
+        negative_features: (M, C) features of the negative references (any norm).
+        negative_labels: (M,) int64 class index of each; -1 for a background negative (one
+            that belongs to no class and counts against every class).
+    """
+
+    positive_features: torch.Tensor
+    positive_labels: torch.Tensor
+    negative_features: torch.Tensor
+    negative_labels: torch.Tensor
+
+
+def nearest_example_vetoes(
+    object_features: torch.Tensor, examples: ReferenceExamples, num_classes: int
+) -> torch.Tensor:
+    """Which classes each proposal is vetoed for by the negative examples (the nearest-example rule).
+
+    For proposal i and class c, with P_c the class's positive reference features and N_c its
+    negative features plus every background negative (all L2-normalised): proposal i is
+    vetoed for c when max_{n in N_c} cos(f_i, n) > max_{p in P_c} cos(f_i, p), i.e. when its
+    nearest example among the user's "c" and "not c" examples is a "not c" one (a 1-nearest-
+    neighbour decision, no parameter). Ties go to the positives; a class without negatives is
+    never vetoed.
 
     Args:
-        masks: (N, H, W) bool.
+        object_features: (N, C) L2-normalised proposal features.
+        examples: the memory's positive and negative reference features.
+        num_classes: K; class indices of ``examples`` are in [0, K) (or -1 for the background).
 
     Returns:
-        (N, 4) float32 (x1, y1, x2, y2) = (min col, min row, max col, max row); zeros for an
-        empty mask.
+        (N, K) bool, True where proposal i may not be class c.
     """
-    n, height, width = masks.shape
-    if n == 0:
-        return torch.zeros((0, 4), dtype=torch.float32, device=masks.device)
-    rows = masks.any(dim=2)  # (N, H)
-    cols = masks.any(dim=1)  # (N, W)
-    row_index = torch.arange(height, device=masks.device)
-    col_index = torch.arange(width, device=masks.device)
-    x1 = torch.where(cols, col_index, width).amin(dim=1)
-    x2 = torch.where(cols, col_index, -1).amax(dim=1)
-    y1 = torch.where(rows, row_index, height).amin(dim=1)
-    y2 = torch.where(rows, row_index, -1).amax(dim=1)
-    boxes = torch.stack([x1, y1, x2, y2], dim=1).to(torch.float32)
-    return torch.where(cols.any(dim=1)[:, None], boxes, torch.zeros_like(boxes))
+    n = object_features.shape[0]
+    device = object_features.device
+    features = object_features.float()
+
+    def nearest(example_features: torch.Tensor, labels: torch.Tensor, columns: int) -> torch.Tensor:
+        """(N, columns) best cosine per class index (``-inf`` where a class has no example)."""
+        best = torch.full((n, columns), float("-inf"), device=device)
+        if example_features.shape[0] == 0:
+            return best
+        similarity = features @ F.normalize(example_features.float().to(device), dim=1).T  # (N, E)
+        index = labels.to(device=device, dtype=torch.int64)[None, :].expand(n, -1)
+        return best.scatter_reduce(1, index, similarity, reduce="amax")
+
+    best_positive = nearest(examples.positive_features, examples.positive_labels, num_classes)
+    # background negatives (label -1) go to an extra last column, then count for every class
+    negative_labels = examples.negative_labels.to(torch.int64)
+    negative_labels = torch.where(negative_labels < 0, num_classes, negative_labels)
+    best_negative = nearest(examples.negative_features, negative_labels, num_classes + 1)
+    best_negative = torch.maximum(best_negative[:, :num_classes], best_negative[:, num_classes:])
+    return best_negative > best_positive
+
+
+# ---------------------------------------------------------------------------- boxes and NMS (section 4)
 
 
 def box_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
@@ -466,6 +513,7 @@ def postprocess(
     merge_exponent: float = 0.5,
     max_instances: int = 100,
     pool: PoolMethod = "fast",
+    examples: ReferenceExamples | None = None,
 ) -> MatchResult:
     """Proposals + target features + prototypes -> final instances (METHOD.md 3.3 to 4.6).
 
@@ -480,6 +528,10 @@ def postprocess(
         merge_exponent: soft-merge exponent.
         max_instances: instances returned.
         pool: pooling path, "fast" or "dense" (equal up to float rounding).
+        examples: the memory's positive and negative reference features, to veto classes by
+            :func:`nearest_example_vetoes`: a vetoed class scores 0, and a proposal vetoed for
+            every class is dropped before NMS (it is none of the classes, and must not suppress
+            an instance it overlaps). None (the paper): no veto.
 
     Returns:
         A :class:`MatchResult` (empty tensors of the right shapes when nothing survives).
@@ -488,8 +540,16 @@ def postprocess(
     device = low_res_logits.device
     binary = low_res_logits > 0
     features = pool_object_features(feature_map, binary, method=pool)
-    scores, labels = score_proposals(features, prototypes)
-    keep = batched_nms(masks_to_boxes(binary), predicted_iou, labels, nms_threshold)
+    vetoed = None if examples is None else nearest_example_vetoes(features, examples, prototypes.shape[0])
+    scores, labels = score_proposals(features, prototypes, vetoed)
+    if vetoed is None:
+        keep = batched_nms(masks_to_boxes_inclusive(binary), predicted_iou, labels, nms_threshold)
+    else:
+        allowed = torch.nonzero(~vetoed.all(dim=1)).flatten()
+        ranked = batched_nms(
+            masks_to_boxes_inclusive(binary[allowed]), predicted_iou[allowed], labels[allowed], nms_threshold
+        )
+        keep = allowed[ranked]
     n_nms = len(keep)
     keep = keep[:max_candidates]
     keep = keep[scores[keep] > 0]

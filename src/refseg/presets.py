@@ -1,10 +1,63 @@
 """Named settings. ``paper`` is exactly the method of METHOD.md; every other preset is a
-documented departure from it."""
+documented departure from it: ``paper-neg`` adds negative references to the paper's method,
+``fast`` uses small models, a coarser grid and negative references."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SettingRange:
+    """The values a numeric setting accepts: an integer or a finite number, within bounds.
+
+    One table (:data:`SETTING_RANGES`) serves :class:`Preset` (Python) and the command line's
+    option types, so ``points_per_side=0`` and ``--points-per-side 0`` are refused alike.
+    """
+
+    kind: type  # int or float
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def describe(self) -> str:
+        """``an integer >= 1``, ``a number in [0, 1]``..."""
+        what = "an integer" if self.kind is int else "a finite number"
+        if self.minimum is not None and self.maximum is not None:
+            return f"{what} in [{self.minimum:g}, {self.maximum:g}]"
+        if self.minimum is not None:
+            return f"{what} >= {self.minimum:g}"
+        if self.maximum is not None:
+            return f"{what} <= {self.maximum:g}"
+        return what
+
+    def accepts(self, value: object) -> bool:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return False
+        if self.kind is int and not isinstance(value, numbers.Integral):
+            return False
+        if not math.isfinite(float(value)):  # NaN passes every comparison: refuse it first
+            return False
+        return (self.minimum is None or value >= self.minimum) and (
+            self.maximum is None or value <= self.maximum
+        )
+
+
+#: What each numeric :class:`Preset` field accepts.
+SETTING_RANGES: dict[str, SettingRange] = {
+    "sam2_image_size": SettingRange(int, 1, 4096),
+    "encoder_input_size": SettingRange(int, 1, 4096),
+    "points_per_side": SettingRange(int, 1, 1024),  # a point per input pixel at most
+    "points_batch_size": SettingRange(int, 1),
+    "iou_threshold": SettingRange(float, 0, 1),
+    "nms_threshold": SettingRange(float, 0, 1),
+    "max_candidates": SettingRange(int, 1),
+    "merge_exponent": SettingRange(float, 0),
+    "max_instances": SettingRange(int, 1),
+    "context_ratio": SettingRange(float, 0, 10),  # the crop is clipped to the image long before
+}
 
 
 @dataclass(frozen=True)
@@ -27,6 +80,11 @@ class Preset:
         max_instances: instances returned per image.
         context_ratio: reference crop side = (1 + context_ratio) * max(box width, box height).
         dtype: "float32" (paper) or "bfloat16" (opt-in speed).
+        negatives: use the memory's negative references when scoring (a departure from the
+            paper, which has none): a proposal whose nearest example of a class is a "not this
+            class" one (or a background one) is not that class
+            (:func:`refseg.matching.nearest_example_vetoes`). No effect on a memory without
+            negatives; ``paper`` has it off, so its output never depends on them.
     """
 
     name: str = "paper"
@@ -43,6 +101,15 @@ class Preset:
     max_instances: int = 100
     context_ratio: float = 0.2
     dtype: str = "float32"
+    negatives: bool = False
+
+    def __post_init__(self) -> None:
+        from .errors import InvalidInputError
+
+        for name, allowed in SETTING_RANGES.items():
+            value = getattr(self, name)
+            if not allowed.accepts(value):
+                raise InvalidInputError(f"The setting {name} must be {allowed.describe()}, got {value!r}.")
 
     def replace(self, **changes: object) -> Preset:
         """A copy with some settings changed (``None`` values are ignored)."""
@@ -57,14 +124,18 @@ class Preset:
 
 PAPER = Preset()
 
+#: The paper's models and settings, plus the memory's negative references (``negatives``).
+PAPER_NEG = dataclasses.replace(PAPER, name="paper-neg", negatives=True)
+
 FAST = Preset(
     name="fast",
     sam2_id="facebook/sam2.1-hiera-tiny",
     encoder_id="facebook/dinov2-small",
     points_per_side=16,
+    negatives=True,
 )
 
-PRESETS: dict[str, Preset] = {"paper": PAPER, "fast": FAST}
+PRESETS: dict[str, Preset] = {"paper": PAPER, "paper-neg": PAPER_NEG, "fast": FAST}
 
 
 def get_preset(name: str | Preset) -> Preset:

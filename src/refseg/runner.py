@@ -2,63 +2,68 @@
 
 ``predict_files`` runs a segmenter over a list of :class:`Target` images and writes one COCO
 results json. While it runs, every finished image is appended as one JSON line to a partial
-file next to the output (``<out>.partial.jsonl``, or ``<out>.partial.rank<R>.jsonl`` per process
-in a multi-process run), flushed and fsynced, so a run that is killed can be continued with
+file next to the output (:mod:`refseg.partials`), so a run that is killed can be continued with
 ``resume=True``: images already in a partial file are skipped, and the final file is the same
-as the one an uninterrupted run writes (results in target order, per image in score order).
+as the one an uninterrupted run writes (results in target order, per image in score order). A
+resume checks itself that the partial files were written with the same settings (the
+segmenter's settings, the memory bank's content, the score threshold): no caller has to.
 
-Files written at the end (``<out>`` is the output path):
-
-- ``<out>``: COCO results, a json list of ``{image_id, category_id, bbox, score, segmentation}``.
-- ``<out>.images.json``: ``{"images": [{id, file_name, height, width}], "categories": [...]}``,
-  the stable file name -> image id mapping, so the results can be evaluated.
-- ``<out>.errors.json``: the images that could not be read (only when there are some).
+At the end, rank 0 writes ``<out>``, ``<out>.images.json`` and, when some images could not be
+read, ``<out>.errors.json`` (:func:`refseg.results.write_results`).
 """
 
 from __future__ import annotations
 
-import glob
-import json
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from .data.coco import write_json
-from .data.images import IMAGE_EXTENSIONS, list_images, load_image
-from .errors import InvalidInputError, RefsegError
+from .data.images import load_image
+from .errors import InvalidInputError, OutputError, RefsegError
+from .files import (
+    check_not_input,
+    check_writable,
+    check_writable_folder,
+    lock_path,
+    make_folder,
+    output_error,
+    output_lock,
+    safe_child,
+    safe_relative,
+    save_image,
+)
 from .instances import Instances
+from .partials import (
+    append_line,
+    check_resumable,
+    cut_torn_tail,
+    partial_header,
+    partial_path,
+    partial_paths,
+    read_partial,
+    run_key,
+)
+from .presets import SettingRange
+from .results import sidecar_path, write_results
+from .targets import Target
 
 logger = logging.getLogger(__name__)
 
-PARTIAL_FORMAT = 1
-_GLOB_CHARS = frozenset("*?[")
+SCORE_THRESHOLDS = SettingRange(float, 0, 1)
 
 
 class SupportsPredict(Protocol):
     """What the runner needs from a segmenter (``refseg.Segmenter`` has it)."""
 
     def predict(self, image: np.ndarray) -> Instances: ...
-
-
-@dataclass(frozen=True)
-class Target:
-    """One image to segment.
-
-    Attributes:
-        path: where the image file is.
-        file_name: its stable name in the results (relative path; the key used by resume).
-        image_id: its id in the results (COCO ``image_id``).
-    """
-
-    path: Path
-    file_name: str
-    image_id: int
 
 
 @dataclass
@@ -70,7 +75,7 @@ class PredictSummary:
         images_path: the ``<out>.images.json`` mapping.
         errors_path: the ``<out>.errors.json`` report, or None when every image was read.
         total: images in the whole run.
-        processed: images this call segmented (or failed to read).
+        processed: images this call segmented (those it could not read are ``errors``).
         resumed: images skipped because an earlier run had done them.
         errors: unreadable images in the whole run (rank 0) or in this process's share.
         instances: result entries in the final file (rank 0) or written by this process.
@@ -92,168 +97,33 @@ class PredictSummary:
     error_records: list[dict[str, Any]] = field(default_factory=list)
 
 
-# ----------------------------------------------------------------------------- targets
-
-
-def collect_targets(inputs: Sequence[str | os.PathLike]) -> list[Target]:
-    """Image files from folders, glob patterns and file paths, with stable ids.
-
-    A folder gives the images directly inside it (sorted by name); a glob (``imgs/**/*.jpg``,
-    ``**`` recurses) gives its matching image files, sorted; a file is taken as is. Inputs keep
-    their order, duplicates are dropped. ``file_name`` is the path relative to the folder (or
-    the glob's fixed leading part); when two targets would share a name, every name becomes
-    the path relative to the targets' common folder. Ids are 1..N in that order, so the same
-    inputs always give the same ids.
-
-    Raises:
-        InvalidInputError: an input is neither a file, a folder nor a glob with matches, or no
-            image was found at all.
-    """
-    found: list[tuple[Path, str]] = []
-    for item in inputs:
-        text = os.fspath(item)
-        path = Path(text)
-        if path.is_dir():
-            found.extend((image, image.name) for image in list_images(path))
-        elif path.is_file():
-            found.append((path, path.name))
-        elif any(char in text for char in _GLOB_CHARS):
-            base = _glob_base(text)
-            matches = sorted(
-                Path(m)
-                for m in glob.glob(text, recursive=True)
-                if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_EXTENSIONS
-            )
-            if not matches:
-                raise InvalidInputError(f"No image file matches the pattern {text!r}.")
-            found.extend((m, _relative_name(m, base)) for m in matches)
-        else:
-            raise InvalidInputError(f"No such image file or folder: {text}")
-    unique: dict[Path, tuple[Path, str]] = {}
-    for path, name in found:
-        unique.setdefault(path.resolve(), (path, name))
-    if not unique:
-        raise InvalidInputError(f"No images found in: {', '.join(os.fspath(i) for i in inputs)}.")
-    names = [name for _, name in unique.values()]
-    if len(set(names)) != len(names):
-        root = Path(os.path.commonpath([str(p.parent) for p in unique]))
-        names = [p.relative_to(root).as_posix() for p in unique]
-    return [
-        Target(path, name, index + 1)
-        for index, ((path, _), name) in enumerate(zip(unique.values(), names, strict=True))
-    ]
-
-
-def coco_targets(coco_json: str | os.PathLike, images_dir: str | os.PathLike) -> list[Target]:
-    """The images of a COCO json (in the file's order), with their own ids.
-
-    Raises:
-        InvalidInputError: the json cannot be read or has no ``images`` list.
-    """
-    data = read_json(coco_json)
-    images = data.get("images") if isinstance(data, dict) else None
-    if not isinstance(images, list):
-        raise InvalidInputError(f"{coco_json} is not a COCO json: it has no 'images' list.")
-    root = Path(images_dir)
-    if not root.is_dir():
-        raise InvalidInputError(f"Images folder not found: {root}")
-    targets = []
-    for image in images:
-        name = str(image["file_name"])
-        targets.append(Target(root / name, name, int(image["id"])))
-    return targets
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """A json file's content, or an InvalidInputError that names the file."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise InvalidInputError(f"File not found: {path}") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InvalidInputError(f"Cannot read json file {path}: {error}") from error
-
-
-def _glob_base(pattern: str) -> Path:
-    parts = Path(pattern).parts
-    fixed = []
-    for part in parts:
-        if any(char in part for char in _GLOB_CHARS):
-            break
-        fixed.append(part)
-    return Path(*fixed) if fixed else Path(".")
-
-
-def _relative_name(path: Path, base: Path) -> str:
-    try:
-        return path.relative_to(base).as_posix()
-    except ValueError:
-        return path.name
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def partial_path(out_path: str | os.PathLike, rank: int = 0, world_size: int = 1) -> Path:
-    """The partial file a process appends to: ``<out>.partial.jsonl`` or ``<out>.partial.rank<R>.jsonl``."""
-    out_path = Path(out_path)
-    suffix = ".partial.jsonl" if world_size <= 1 else f".partial.rank{rank}.jsonl"
-    return out_path.with_name(out_path.name + suffix)
-
-
-def partial_paths(out_path: str | os.PathLike) -> list[Path]:
-    """Every partial file of ``out_path`` on disk, from runs of any number of processes."""
-    out_path = Path(out_path)
-    prefix = glob.escape(str(out_path.with_name(out_path.name + ".partial")))
-    return sorted(Path(p) for p in set(glob.glob(prefix + ".jsonl") + glob.glob(prefix + ".rank*.jsonl")))
-
-
-def sidecar_path(out_path: str | os.PathLike, kind: str) -> Path:
-    """``<out>.<kind>.json`` (``images`` or ``errors``)."""
-    out_path = Path(out_path)
-    return out_path.with_name(f"{out_path.name}.{kind}.json")
-
-
-def read_partial(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """The header and the complete records of one partial file.
-
-    A line cut short by a killed run (the last one) is ignored.
-    """
-    header = None
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if not line.endswith("\n"):
-                break
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                logger.warning("Ignoring an unreadable line in %s", path)
-                continue
-            if "refseg_partial" in entry:
-                header = entry
-            else:
-                records.append(entry)
-    return header, records
-
-
-def _cut_torn_tail(path: Path) -> None:
-    """Drop a last line that has no newline (a write interrupted by a kill)."""
-    with open(path, "rb+") as handle:
-        data = handle.read()
-        end = data.rfind(b"\n") + 1
-        if end != len(data):
-            handle.truncate(end)
-
-
-def _append_line(handle, entry: Mapping[str, Any]) -> None:
-    handle.write(json.dumps(entry, separators=(",", ":")) + "\n")
-    handle.flush()
-    os.fsync(handle.fileno())
-
-
 # ----------------------------------------------------------------------------- the loop
+
+
+def check_outputs(
+    out_path: str | os.PathLike,
+    vis_dir: str | os.PathLike | None = None,
+    inputs: Iterable[str | os.PathLike | None] = (),
+) -> None:
+    """Raise unless every file of a run can be written: ``out_path``, its sidecars, partial
+    file and lock (:func:`refseg.files.check_writable`), and the overlay folder, none of them
+    one of the ``inputs`` (the target images, the memory file...) nor the overlay folder. Cheap:
+    call it before loading models, so a bad output stops a run before any work.
+
+    Raises:
+        OutputError: naming the first output that cannot be written.
+    """
+    files = [out_path, sidecar_path(out_path, "images"), sidecar_path(out_path, "errors")]
+    files += [partial_path(out_path), lock_path(out_path)]
+    for path in files:
+        check_writable(path)
+    check_not_input(files, inputs)
+    if vis_dir is not None:
+        check_writable_folder(vis_dir)
+        if Path(os.path.realpath(vis_dir)) in {Path(os.path.realpath(f)) for f in files}:
+            raise OutputError(
+                f"The overlay folder {vis_dir} is one of the run's files; give overlays a folder of their own."
+            )
 
 
 def predict_files(
@@ -280,11 +150,14 @@ def predict_files(
         category_ids: class name -> COCO category id. Default: ``segmenter.memory.category_ids``
             when the segmenter has a memory, else label + 1.
         resume: skip the images already in partial files of an earlier run of the same
-            settings; without it, partial files of earlier runs are deleted first.
+            settings (:func:`refseg.partials.run_key`, computed here from the segmenter, the
+            score threshold and the category ids, plus ``run_info``); without it, partial
+            files of earlier runs are deleted first.
         score_threshold: drop instances scoring below this.
-        vis_dir: when given, an overlay PNG per image is written there (``refseg.viz``).
-        run_info: settings that make results differ (json-able); a resume refuses partial files
-            written with other ``run_info``.
+        vis_dir: when given, an overlay PNG per image is written there (``refseg.viz``), named
+            by :func:`overlay_paths`.
+        run_info: anything else a resume must agree on (json-able), beside the settings the
+            runner finds itself.
         rank, world_size: this process's share is ``targets[rank::world_size]``; rank 0 merges.
         barrier: waits for every process (needed when ``world_size > 1``).
         progress: show a tqdm progress bar (rank 0 only).
@@ -295,65 +168,79 @@ def predict_files(
     Raises:
         InvalidInputError: duplicate target names or ids, an empty memory bank, or a resume
             over partial files of a run with other settings.
+        OutputError: an output cannot be written (checked before the first image), or another
+            run is writing it (``<out>.lock``, :func:`refseg.files.output_lock`).
     """
     if world_size > 1 and barrier is None:
         raise ValueError("a multi-process run needs a barrier")
     out_path = Path(out_path)
+    if not SCORE_THRESHOLDS.accepts(score_threshold):
+        raise InvalidInputError(
+            f"score_threshold must be {SCORE_THRESHOLDS.describe()}, got {score_threshold!r}."
+        )
+    check_outputs(out_path, vis_dir, [t.path for t in targets])
     _check_unique(targets)
-    info = json.loads(json.dumps(dict(run_info or {}), sort_keys=True))
+    overlays = overlay_paths(targets, vis_dir) if vis_dir is not None else {}
     memory = getattr(segmenter, "memory", None)
     if memory is not None and len(memory) == 0:
         raise InvalidInputError("The memory bank is empty: add references before predicting.")
     if category_ids is None:
         category_ids = _default_category_ids(segmenter)
+    header = partial_header(run_key(segmenter, score_threshold, category_ids), dict(run_info or {}))
     summary = PredictSummary(
         out_path=out_path, images_path=sidecar_path(out_path, "images"), total=len(targets)
     )
 
-    if not resume and rank == 0:
-        for stale in partial_paths(out_path):
-            logger.warning(
-                "Deleting partial results of an earlier run: %s (use --resume to continue it)", stale
-            )
-            stale.unlink()
-    if world_size > 1:
-        barrier()  # type: ignore[misc]
-    done = _done_names(out_path, info) if resume else set()
+    # One run per output: a second run would delete or mix this one's partial files.
+    with output_lock(out_path) if rank == 0 else contextlib.nullcontext():
+        if not resume and rank == 0:
+            for stale in partial_paths(out_path):
+                logger.warning(
+                    "Deleting partial results of an earlier run: %s (use --resume to continue it)", stale
+                )
+                stale.unlink()
+        if world_size > 1:
+            barrier()  # type: ignore[misc]
+        done = _done_names(out_path, header) if resume else set()
 
-    share = list(targets[rank::world_size])
-    todo = [t for t in share if t.file_name not in done]
-    summary.resumed = len(share) - len(todo)
-    if summary.resumed:
-        logger.info("Resuming: %d of %d images already done", summary.resumed, len(share))
+        share = list(targets[rank::world_size])
+        todo = [t for t in share if t.file_name not in done]
+        summary.resumed = len(share) - len(todo)
+        if summary.resumed:
+            logger.info("Resuming: %d of %d images already done", summary.resumed, len(share))
 
-    own = partial_path(out_path, rank, world_size)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if own.exists():
-        _cut_torn_tail(own)
-    start = time.perf_counter()
-    with open(own, "a", encoding="utf-8") as handle:
-        if handle.tell() == 0:
-            _append_line(handle, {"refseg_partial": PARTIAL_FORMAT, "run_info": info})
-        bar = progress_bar(len(share), summary.resumed, enabled=progress and rank == 0)
+        own = partial_path(out_path, rank, world_size)
+        make_folder(out_path.parent)
+        start = time.perf_counter()
         try:
-            for target in todo:
-                record = _predict_one(segmenter, target, category_ids, score_threshold, vis_dir)
-                _append_line(handle, record)
-                summary.processed += 1
-                if record["status"] == "ok":
-                    summary.instances += len(record["results"])
-                else:
-                    summary.errors += 1
-                    logger.warning("Skipped %s: %s", target.path, record["error"])
-                bar.update(1)
-        finally:
-            bar.close()
-    summary.seconds = time.perf_counter() - start
+            if own.exists():
+                cut_torn_tail(own)
+            with open(own, "a", encoding="utf-8") as handle:
+                if handle.tell() == 0:
+                    append_line(handle, header)
+                bar = progress_bar(len(share), summary.resumed, enabled=progress and rank == 0)
+                try:
+                    for target in todo:
+                        overlay = overlays.get(target.file_name)
+                        record = _predict_one(segmenter, target, category_ids, score_threshold, overlay)
+                        append_line(handle, record)
+                        if record["status"] == "ok":
+                            summary.processed += 1
+                            summary.instances += len(record["results"])
+                        else:
+                            summary.errors += 1
+                            logger.warning("Skipped %s: %s", target.path, record["error"])
+                        bar.update(1)
+                finally:
+                    bar.close()
+        except OSError as error:  # a full disk or a folder that became read-only, mid-run
+            raise output_error(error, own) from None
+        summary.seconds = time.perf_counter() - start
 
-    if world_size > 1:
-        barrier()  # type: ignore[misc]
-    if rank == 0:
-        _merge(targets, out_path, category_ids, summary)
+        if world_size > 1:
+            barrier()  # type: ignore[misc]
+        if rank == 0:
+            _merge(targets, out_path, category_ids, summary)
     return summary
 
 
@@ -373,15 +260,11 @@ def _default_category_ids(segmenter: Any) -> dict[str, int] | None:
     return dict(memory.category_ids)
 
 
-def _done_names(out_path: Path, info: Mapping[str, Any]) -> set[str]:
+def _done_names(out_path: Path, header: Mapping[str, Any]) -> set[str]:
     done: set[str] = set()
     for path in partial_paths(out_path):
-        header, records = read_partial(path)
-        if header is not None and header.get("run_info") != info:
-            raise InvalidInputError(
-                f"{path} holds results of a run with other settings ({header.get('run_info')}); "
-                "run again with the same settings, or without --resume to start over."
-            )
+        written, records = read_partial(path)
+        check_resumable(path, written, header["run_key"], header["run_info"])
         done.update(r["file_name"] for r in records if r.get("status") == "ok")
     return done
 
@@ -391,30 +274,57 @@ def _predict_one(
     target: Target,
     category_ids: Mapping[str, int] | None,
     score_threshold: float,
-    vis_dir: str | os.PathLike | None,
+    overlay: Path | None,
 ) -> dict[str, Any]:
     base = {"file_name": target.file_name, "image_id": target.image_id}
     try:
         image = load_image(target.path)
         instances = segmenter.predict(image)
-    except RefsegError as error:
+    except InvalidInputError as error:  # this image; weights or outputs out of reach stop the run
         return {**base, "status": "error", "error": str(error)}
     if score_threshold > 0:
         instances = instances.filter(score_threshold)
     results = instances.to_coco(target.image_id, category_ids)
-    if vis_dir is not None:
-        _write_overlay(image, instances, Path(vis_dir), target.file_name)
+    if overlay is not None:
+        from .viz import draw_instances  # optional: only when overlays are asked for
+
+        save_image(draw_instances(image, instances), overlay)
     height, width = image.shape[:2]
     return {**base, "status": "ok", "height": int(height), "width": int(width), "results": results}
 
 
-def _write_overlay(image: np.ndarray, instances: Instances, vis_dir: Path, file_name: str) -> None:
-    from .viz import draw_instances  # optional: only when overlays are asked for
+def overlay_paths(targets: Sequence[Target], vis_dir: str | os.PathLike) -> dict[str, Path]:
+    """Where each target's overlay goes (file name -> path), for the whole run at once.
 
-    relative = Path(file_name.lstrip("/")).with_suffix(".png")
-    path = vis_dir / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    draw_instances(image, instances).save(path)
+    Each lies inside ``vis_dir`` (:func:`refseg.files.safe_child`: a ``file_name`` such as
+    ``../../x.jpg`` cannot lead out) and no two targets share one, compared ignoring case:
+    ``<stem>.png`` in the name's sub-folders, unless another target would get the same file
+    (``a.jpg`` and ``a.png``); those get ``<name with its suffix>.png``; if even that is shared
+    (names that differ only by parts ``safe_child`` drops), ``<name>.id<image id>.png``. Every
+    process of a multi-process run computes the same paths.
+
+    Raises:
+        InvalidInputError: a name that names no file, or leads out of ``vis_dir`` through a link.
+    """
+    relatives = {t.file_name: safe_relative(t.file_name) for t in targets}
+    ids = {t.file_name: t.image_id for t in targets}
+    forms = (
+        lambda name, rel: rel.with_suffix(".png"),
+        lambda name, rel: rel.with_name(rel.name + ".png"),
+        lambda name, rel: rel.with_name(f"{rel.name}.id{ids[name]}.png"),
+    )
+    level = dict.fromkeys(relatives, 0)
+    while True:
+        chosen = {name: forms[level[name]](name, rel) for name, rel in relatives.items()}
+        counts = Counter(path.as_posix().casefold() for path in chosen.values())
+        shared = [name for name, path in chosen.items() if counts[path.as_posix().casefold()] > 1]
+        if not shared:
+            break
+        for name in shared:
+            if level[name] == len(forms) - 1:  # pragma: no cover - ids are unique, so is the last form
+                raise InvalidInputError(f"Two targets would share the overlay {chosen[name]}.")
+            level[name] += 1
+    return {name: safe_child(vis_dir, path) for name, path in chosen.items()}
 
 
 def progress_bar(total: int, initial: int, *, enabled: bool, desc: str = "predict", unit: str = "img"):
@@ -467,23 +377,11 @@ def _merge(
         )
         results.extend({**r, "image_id": target.image_id} for r in record["results"])
 
-    write_json(results, out_path)
-    write_json({"images": images, "categories": _categories(category_ids)}, summary.images_path)
-    errors_path = sidecar_path(out_path, "errors")
-    if errors:
-        write_json(errors, errors_path)
-        summary.errors_path = errors_path
-    elif errors_path.exists():
-        errors_path.unlink()
+    files = write_results(out_path, results, images, category_ids, errors=errors)
+    summary.errors_path = files.errors
     for path in partials:
         path.unlink()
     summary.errors = len(errors)
     summary.error_records = errors
     summary.instances = len(results)
     summary.merged = True
-
-
-def _categories(category_ids: Mapping[str, int] | None) -> list[dict[str, Any]]:
-    if not category_ids:
-        return []
-    return [{"id": int(i), "name": name} for name, i in sorted(category_ids.items(), key=lambda kv: kv[1])]

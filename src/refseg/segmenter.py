@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -13,11 +14,13 @@ from . import matching
 from .data.images import ImageLike, load_image
 from .errors import InvalidInputError
 from .instances import Instances
-from .memory import MaskLike, MemoryBank, decode_mask, reference_feature
+from .masks import MaskLike, decode_mask
+from .memory import MemoryBank
 from .models.base import Encoder, Proposals, Proposer
-from .models.malloc import release_freed_memory
 from .preprocess import encoder_input, proposer_input
 from .presets import Preset, get_preset
+from .prompts import check_prompt
+from .reference_features import reference_feature
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +31,8 @@ class Segmenter:
     Example:
         >>> seg = Segmenter.from_pretrained("fast")
         >>> seg.add_reference("cat.jpg", "cat", mask=cat_mask)
+        >>> seg.add_reference("cat2.jpg", "cat", points=[(120, 80), (200, 90)], point_labels=[1, 0])
+        >>> seg.add_reference("fox.jpg", "cat", box=(10, 20, 200, 180), negative=True)  # not a cat
         >>> instances = seg.predict("living_room.jpg")
 
     Args:
@@ -35,6 +40,15 @@ class Segmenter:
         encoder: any :class:`~refseg.models.base.Encoder` (DINOv2).
         memory: a memory bank built with the same encoder, or None for an empty one.
         preset: a preset name or :class:`Preset`; ``overrides`` change single settings.
+        between_stages: called with no arguments after SAM2's image encoder, after its
+            decoder and after matching, once each stage's temporaries are freed (default:
+            nothing). The ``refseg`` command passes :func:`refseg.runtime.release_freed_memory`,
+            so that resident memory follows the stage in progress; the segmenter itself sets
+            no process-wide policy.
+
+    The SAM2 embedding of the last reference picture is kept (one picture, keyed by its
+    pixels), so that several boxes or prompts on the same picture, and previews of them, run
+    SAM2's image encoder once.
     """
 
     def __init__(
@@ -43,12 +57,16 @@ class Segmenter:
         encoder: Encoder,
         memory: MemoryBank | None = None,
         preset: str | Preset = "paper",
+        *,
+        between_stages: Callable[[], object] | None = None,
         **overrides: object,
     ) -> None:
         self.proposer = proposer
         self.encoder = encoder
         self.settings = get_preset(preset).replace(**overrides)
+        self.between_stages = between_stages
         self._memory = MemoryBank(encoder.identity)
+        self._embedded: tuple[tuple, object] | None = None  # (picture key, SAM2 embedding)
         if memory is not None:
             self.memory = memory
 
@@ -62,9 +80,14 @@ class Segmenter:
         device: str | None = None,
         dtype: str | None = None,
         memory: MemoryBank | str | os.PathLike | None = None,
+        between_stages: Callable[[], object] | None = None,
         **overrides: object,
     ) -> Segmenter:
         """Load SAM2 and DINOv2 (hub ids or local directories) as a preset says.
+
+        SAM2's checkpoint is checked at once and its weights are loaded on first use
+        (:class:`~refseg.models.lazy.LazyProposer`): a memory built from masks alone never
+        loads SAM2.
 
         Args:
             preset: "paper", "fast" or a :class:`Preset`.
@@ -73,9 +96,11 @@ class Segmenter:
             device: "cuda", "cpu", "cuda:1"...; default CUDA when available.
             dtype: "float32" (default) or "bfloat16".
             memory: a MemoryBank or the path of a memory file.
+            between_stages: called between the stages of :meth:`predict` (see the class).
 
         Raises:
-            WeightsUnavailableError: a model cannot be loaded (its message says how to use a local copy).
+            WeightsUnavailableError: a model cannot be loaded (its message says how to use a local
+                copy); for SAM2's weights, at their first use.
         """
         from .models.loading import load_encoder, load_proposer
 
@@ -85,13 +110,13 @@ class Segmenter:
             dtype=dtype,
             **overrides,
         )
-        proposer = load_proposer(settings.sam2_id, device=device, dtype=settings.dtype)
+        proposer = load_proposer(settings.sam2_id, device=device, dtype=settings.dtype, lazy=True)
         dino = load_encoder(
             settings.encoder_id, input_size=settings.encoder_input_size, device=device, dtype=settings.dtype
         )
         if memory is not None and not isinstance(memory, MemoryBank):
             memory = MemoryBank.load(memory)
-        return cls(proposer, dino, memory=memory, preset=settings)
+        return cls(proposer, dino, memory=memory, preset=settings, between_stages=between_stages)
 
     # ------------------------------------------------------------------ memory
 
@@ -115,67 +140,133 @@ class Segmenter:
         *,
         mask: MaskLike | None = None,
         box: Sequence[float] | None = None,
+        points: Sequence[Sequence[float]] | None = None,
+        point_labels: Sequence[int] | None = None,
     ) -> np.ndarray:
-        """The (H, W) bool instance mask of a reference given as a mask or as a box.
+        """The (H, W) bool instance mask of a reference, without adding it (e.g. to preview it).
 
-        A box (x1, y1, x2, y2 in pixels) is turned into a mask by SAM2 (single-mask output).
+        Takes what :meth:`add_reference` takes: a mask, or prompts for SAM2 (a box and/or
+        points), and answers as SAM2's own predictor: a box alone or any prompt with several
+        points or a box gives the single-mask output; a single point without a box the best
+        of the three multimask outputs by predicted IoU. The low-resolution logits are
+        upsampled to the picture (bilinear) and thresholded at 0.
+
+        The picture's SAM2 embedding is kept: further prompts on the same picture (previews,
+        then :meth:`add_reference`) do not run SAM2's image encoder again.
+
+        Raises:
+            InvalidInputError: no mask and no prompt, a mask together with prompts, a prompt
+                that is not valid (:func:`refseg.prompts.check_prompt`), or SAM2 finding nothing.
         """
         pixels = load_image(image)
-        return self._reference_mask(pixels, mask, box)
+        instance_mask, _ = self._reference_mask(pixels, mask, box, points, point_labels)
+        return instance_mask
 
     def _reference_mask(
-        self, pixels: np.ndarray, mask: MaskLike | None, box: Sequence[float] | None
-    ) -> np.ndarray:
+        self,
+        pixels: np.ndarray,
+        mask: MaskLike | None,
+        box: Sequence[float] | None,
+        points: Sequence[Sequence[float]] | None,
+        point_labels: Sequence[int] | None,
+    ) -> tuple[np.ndarray, dict[str, object]]:
+        """The instance mask and how it was marked (provenance: prompt kind, box, points, labels)."""
         height, width = pixels.shape[:2]
+        prompt = check_prompt(box, points, point_labels, height, width)
         if mask is not None:
-            return decode_mask(mask, (height, width))
-        if box is None:
-            raise InvalidInputError("A reference needs a mask or a box.")
-        x1, y1, x2, y2 = _check_box(box, height, width)
-        size = self.proposer.image_size
-        scale = torch.tensor([size / width, size / height, size / width, size / height])
-        boxes = torch.tensor([[x1, y1, x2, y2]], dtype=torch.float32) * scale
+            if prompt is not None:
+                raise InvalidInputError(
+                    "Give a mask, or prompts for SAM2 (a box and/or points), not both: the mask would be used "
+                    "and the prompts ignored."
+                )
+            return decode_mask(mask, (height, width)), {"prompt": "mask"}
+        if prompt is None:
+            raise InvalidInputError("A reference needs a mask, a box or points on the object.")
+        scaled_points, labels, scaled_box = prompt.scaled(self.proposer.image_size, height, width)
+        embedding = self._embedding(pixels)
         with torch.inference_mode():
-            logits = self.proposer.masks_from_boxes(self._proposer_input(pixels)[0], boxes)
+            if scaled_points is None:  # a box alone: the proposer's box path
+                logits = self.proposer.decode_boxes(embedding, scaled_box[None])
+            else:
+                logits = self.proposer.decode_prompts(embedding, scaled_points, labels, scaled_box)[0][None]
         upsampled = matching.upsample_masks(logits.float().cpu(), (height, width))[0].numpy()
         if not upsampled.any():
-            raise InvalidInputError(f"SAM2 found no object inside the box {list(box)}; draw a mask instead.")
-        return upsampled
+            raise InvalidInputError(
+                f"SAM2 found no object for {prompt.describe()}; mark it otherwise, or draw a mask."
+            )
+        return upsampled, prompt.to_source()
 
     def add_reference(
         self,
         image: ImageLike,
-        class_name: str,
+        class_name: str | None,
         *,
         mask: MaskLike | None = None,
         box: Sequence[float] | None = None,
+        points: Sequence[Sequence[float]] | None = None,
+        point_labels: Sequence[int] | None = None,
+        negative: bool = False,
         source: dict | None = None,
     ) -> int:
-        """Encode one annotated object and add it to the memory bank.
+        """Encode one marked object and add it to the memory bank.
 
         Args:
             image: path, PIL image or (H, W, 3) uint8 array.
-            class_name: the object's class.
+            class_name: the object's class. None only with ``negative=True``: a background
+                negative, an example of something that is none of the classes.
             mask: (H, W) bool array, COCO polygon list or RLE dict.
-            box: (x1, y1, x2, y2) in pixels, used when no mask is given (SAM2 makes the mask).
+            box: (x1, y1, x2, y2) in pixels; SAM2 makes the mask (used when no mask is given).
+            points: (x, y) pixels on the picture; SAM2 makes the mask, with the box if one is
+                given too (as SAM2's predictor: see :meth:`reference_mask`).
+            point_labels: per point 1 (on the object) or 0 (not on it); default all 1.
+            negative: an example of what is NOT ``class_name`` (same features as a positive one).
+                The class needs a positive reference first. Used by presets with ``negatives``
+                (``paper-neg``, ``fast``); ``paper`` ignores negatives.
             source: free-form provenance stored in the memory file (file name, annotation id...).
+                How the object was marked is added to it: ``prompt`` ("mask", "box", "points"
+                or "box+points") and the ``box``, ``points`` and ``point_labels`` given, in
+                pixels, so ``refseg memory show`` can make the mask again.
 
         Returns:
             The reference id (for :meth:`MemoryBank.remove_reference`).
+
+        Raises:
+            InvalidInputError: as :meth:`reference_mask`, or a class name the bank refuses
+                (:meth:`MemoryBank.add`).
         """
+        self._memory.check_new_reference(class_name, negative)  # before any model runs
         pixels = load_image(image)
-        instance_mask = self._reference_mask(pixels, mask, box)
+        instance_mask, marked = self._reference_mask(pixels, mask, box, points, point_labels)
         feature = reference_feature(self.encoder, pixels, instance_mask, self.settings.context_ratio)
         provenance = dict(source or {})
         if isinstance(image, str | os.PathLike) and "file" not in provenance:
             provenance["file"] = os.fspath(image)
-        provenance.setdefault("prompt", "mask" if mask is not None else "box")
-        return self._memory.add(feature, class_name, provenance)
+        for key, value in marked.items():
+            provenance.setdefault(key, value)
+        return self._memory.add(
+            feature, class_name, provenance, context_ratio=self.settings.context_ratio, negative=negative
+        )
+
+    def _embedding(self, pixels: np.ndarray) -> object:
+        """SAM2's embedding of a reference picture: the kept one when ``pixels`` are those of
+        the last picture embedded here, else a new one (which is then kept instead)."""
+        key = (self.proposer, self.proposer.image_size, *picture_key(pixels))
+        kept = self._embedded
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        with torch.inference_mode():
+            embedding = self.proposer.embed(self._proposer_input(pixels)[0])
+        self._embedded = (key, embedding)
+        return embedding
 
     # ------------------------------------------------------------------ prediction
 
     def _proposer_input(self, pixels: np.ndarray) -> torch.Tensor:
         return proposer_input(pixels, self.proposer.image_size)
+
+    def _stage_done(self) -> None:
+        if self.between_stages is not None:
+            self.between_stages()
 
     def _encoder_input(self, proposer_image: torch.Tensor) -> torch.Tensor:
         return encoder_input(proposer_image, self.encoder.identity.input_size)
@@ -187,12 +278,16 @@ class Segmenter:
 
     def _propose(self, square: torch.Tensor) -> Proposals:
         points = matching.point_grid(self.settings.points_per_side, self.proposer.image_size)
-        return self.proposer.propose(
-            square[0],
+        embedding = self.proposer.embed(square[0])
+        self._stage_done()  # the image encoder's temporaries are freed
+        proposals = self.proposer.decode_points(
+            embedding,
             points,
             batch_size=self.settings.points_batch_size,
             iou_threshold=self.settings.iou_threshold,
         )
+        del embedding  # the target's embedding is not kept: it is not asked for again
+        return proposals
 
     def predict(self, image: ImageLike) -> Instances:
         """Find, segment and label every instance of the memory's classes.
@@ -203,6 +298,8 @@ class Segmenter:
 
         Returns:
             Instances at the original image size, best score first (at most ``max_instances``).
+            With the ``negatives`` setting on (``paper-neg``, ``fast``) and negative references
+            in the memory, classes are vetoed by them (:func:`refseg.matching.nearest_example_vetoes`).
         """
         pixels = load_image(image)
         prototypes = self._memory.prototypes()
@@ -212,12 +309,15 @@ class Segmenter:
         with torch.inference_mode():
             square = self._proposer_input(pixels)
             proposals = self._propose(square)
-            # SAM2's temporaries are freed: give them back before the next stage (CPU, glibc;
-            # see models/malloc.py), so peak memory is the largest stage's, not their sum.
-            release_freed_memory()
+            self._stage_done()  # SAM2's temporaries and embedding are freed
             if len(proposals) == 0:
                 return Instances.empty(height, width, class_names)
             features = self.encoder.encode(self._encoder_input(square))[0].float().cpu()
+            examples = (
+                self._memory.reference_examples()
+                if settings.negatives and self._memory.has_negatives
+                else None
+            )
             result = matching.postprocess(
                 proposals.low_res_logits.float().cpu(),
                 proposals.predicted_iou.float().cpu(),
@@ -228,9 +328,10 @@ class Segmenter:
                 max_candidates=settings.max_candidates,
                 merge_exponent=settings.merge_exponent,
                 max_instances=settings.max_instances,
+                examples=examples,
             )
             del proposals, features
-            release_freed_memory()
+            self._stage_done()
         return Instances(
             masks=_numpy(result.masks).astype(bool),
             boxes=_numpy(result.boxes).astype(np.float32),
@@ -240,17 +341,13 @@ class Segmenter:
         )
 
 
+def picture_key(pixels: np.ndarray) -> tuple:
+    """What identifies a picture's pixels: shape, dtype and a hash of every byte (cheap next
+    to SAM2's image encoder, and no edit of the picture goes unnoticed)."""
+    contiguous = np.ascontiguousarray(pixels)
+    digest = hashlib.blake2b(contiguous, digest_size=16).hexdigest()
+    return (contiguous.shape, str(contiguous.dtype), digest)
+
+
 def _numpy(value: torch.Tensor | np.ndarray) -> np.ndarray:
     return value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-
-
-def _check_box(box: Sequence[float], height: int, width: int) -> tuple[float, float, float, float]:
-    try:
-        x1, y1, x2, y2 = (float(v) for v in box)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"A box is four numbers x1, y1, x2, y2; got {box!r}.") from None
-    x1, x2 = max(0.0, x1), min(float(width), x2)
-    y1, y2 = max(0.0, y1), min(float(height), y2)
-    if x2 <= x1 or y2 <= y1:
-        raise InvalidInputError(f"The box {list(box)} is empty or outside the {width}x{height} image.")
-    return x1, y1, x2, y2

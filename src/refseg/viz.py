@@ -20,8 +20,9 @@ from PIL import Image, ImageDraw, ImageFont
 from .data.images import ImageLike, load_image
 from .errors import InvalidInputError
 from .instances import Instances
-from .memory import MaskLike, context_crop_box, decode_mask, mask_box, reference_inputs
+from .masks import MaskLike, decode_mask, mask_box_exclusive
 from .models.base import Encoder
+from .reference_features import context_crop_box, reference_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def _auto_sizes(height: int, width: int) -> tuple[int, int]:
     return max(1, round(short / 300)), max(10, round(short / 40))
 
 
-def _boundary(mask: np.ndarray, thickness: int) -> np.ndarray:
+def boundary(mask: np.ndarray, thickness: int) -> np.ndarray:
     """Pixels of ``mask`` within ``thickness`` 4-neighbour steps of its outside.
 
     Args:
@@ -125,7 +126,7 @@ def _paint_mask(
     if alpha > 0:
         region[local] = region[local] * (1.0 - alpha) + rgb * alpha
     if thickness > 0:
-        region[_boundary(local, thickness)] = rgb
+        region[boundary(local, thickness)] = rgb
 
 
 def _draw_label(
@@ -257,27 +258,42 @@ def draw_side_by_side(
 # --------------------------------------------------------------------------- references
 
 
+#: The colour that marks a negative reference ("not <class>") in the memory picture.
+NEGATIVE_COLOR = (220, 20, 20)
+
+
 class PictureReference(NamedTuple):
-    """One reference to picture: its image, its instance mask and its class."""
+    """One reference to picture: its image, its instance mask, its class (None: a background
+    negative) and whether it is a negative example ("not <class>")."""
 
     image: ImageLike
     mask: MaskLike
-    class_name: str
+    class_name: str | None
+    negative: bool = False
 
 
-def _as_reference(reference: Any) -> tuple[np.ndarray, np.ndarray, str]:
-    """(image (H, W, 3) uint8, mask (H, W) bool, class name) from a tuple or an object."""
-    if isinstance(reference, tuple | list) and len(reference) == 3:
-        image, mask, class_name = reference
+def _as_reference(reference: Any) -> tuple[np.ndarray, np.ndarray, str | None, bool]:
+    """(image (H, W, 3) uint8, mask (H, W) bool, class name, negative) from a tuple or an object."""
+    if isinstance(reference, tuple | list) and len(reference) in (3, 4):
+        image, mask, class_name, *rest = reference
+        negative = bool(rest[0]) if rest else False
     else:
         try:
             image, mask, class_name = reference.image, reference.mask, reference.class_name
         except AttributeError as error:
             raise InvalidInputError(
-                "A reference to picture must be (image, mask, class_name) or have those attributes."
+                "A reference to picture must be (image, mask, class_name[, negative]) or have those attributes."
             ) from error
+        negative = bool(getattr(reference, "negative", False))
+    if class_name is None and not negative:
+        raise InvalidInputError("A positive reference to picture needs a class name.")
     pixels = load_image(image)
-    return pixels, decode_mask(mask, pixels.shape[:2]), str(class_name)
+    return (
+        pixels,
+        decode_mask(mask, pixels.shape[:2]),
+        None if class_name is None else str(class_name),
+        negative,
+    )
 
 
 def draw_reference(
@@ -290,7 +306,7 @@ def draw_reference(
 ) -> Image.Image:
     """The context crop the memory bank encodes, resized to ``size`` x ``size``, mask outlined.
 
-    Uses :func:`refseg.memory.context_crop_box` (the bank's own crop), so what is shown is what
+    Uses :func:`refseg.reference_features.context_crop_box` (the bank's own crop), so what is shown is what
     the encoder saw, apart from the resize.
 
     Args:
@@ -303,7 +319,7 @@ def draw_reference(
     """
     pixels = load_image(image)
     mask = decode_mask(mask, pixels.shape[:2])
-    x0, y0, x1, y1 = context_crop_box(mask_box(mask), pixels.shape[:2], context_ratio)
+    x0, y0, x1, y1 = context_crop_box(mask_box_exclusive(mask), pixels.shape[:2], context_ratio)
     color = class_color(class_name) if class_name is not None else (255, 255, 255)
     crop = Image.fromarray(pixels[y0:y1, x0:x1]).resize((size, size), Image.Resampling.BICUBIC)
     crop_mask = Image.fromarray(mask[y0:y1, x0:x1].astype(np.uint8) * 255).resize(
@@ -366,20 +382,22 @@ def memory_picture(
     """What the memory bank sees: per reference, its context crop and a PCA view of its features.
 
     For every reference (image, mask, class name): the crop and soft mask are made exactly as
-    the memory bank makes them (:func:`refseg.memory.reference_inputs`) and encoded; the patch
+    the memory bank makes them (:func:`refseg.reference_features.reference_inputs`) and encoded; the patch
     features of ALL references are projected together on their first three principal
     components (:func:`pca_rgb`), so similar parts get similar colours across references and
     classes. Patches are dimmed where the soft mask (sampled to the patch grid by nearest
     neighbour, as the bank pools) is 0, down to ``background_brightness``.
 
     Layout: one row per class (classes in order of first appearance); each row has the class
-    name, then one (crop with outlined mask, PCA view) pair of tiles per reference. All patch
-    features are held at once: meant for tens to a few hundred references, not a whole LVIS bank.
+    name, then one (crop with outlined mask, PCA view) pair of tiles per reference, positives
+    first. A negative reference ("not <class>") is framed in red and labelled so; background
+    negatives (class None) share a last row, "(no class)". All patch features are held at once:
+    meant for tens to a few hundred references, not a whole LVIS bank.
 
     Args:
         encoder: the memory bank's encoder.
-        references: (image, mask, class name) triples; mask as for
-            :func:`refseg.memory.decode_mask`.
+        references: (image, mask, class name[, negative]) tuples or :class:`PictureReference`;
+            mask as for :func:`refseg.masks.decode_mask`.
         tile_size: side of each tile in pixels.
         fit_on_foreground: fit the PCA on foreground patches only (default: all patches).
 
@@ -394,9 +412,9 @@ def memory_picture(
     if len(references) == 0:
         raise InvalidInputError("No references to picture: the memory picture needs at least one.")
     input_size = encoder.identity.input_size
-    crops, weights, tiles, names = [], [], [], []
+    crops, weights, tiles, names, negatives = [], [], [], [], []
     for reference in references:
-        pixels, mask, class_name = _as_reference(reference)
+        pixels, mask, class_name, negative = _as_reference(reference)
         crop, soft_mask = reference_inputs(pixels, mask, input_size, context_ratio)
         crops.append(crop)
         weights.append(soft_mask)
@@ -404,6 +422,7 @@ def memory_picture(
             draw_reference(pixels, mask, class_name=class_name, size=tile_size, context_ratio=context_ratio)
         )
         names.append(class_name)
+        negatives.append(negative)
 
     feature_maps = []
     with torch.inference_mode():
@@ -421,8 +440,13 @@ def memory_picture(
         "memory picture: %d references, %d-d features on a %dx%d grid", count, channels, grid_h, grid_w
     )
 
-    classes = list(dict.fromkeys(names))
-    per_class = {name: [i for i, n in enumerate(names) if n == name] for name in classes}
+    classes = list(dict.fromkeys(n for n in names if n is not None))
+    if None in names:
+        classes.append(None)  # background negatives: a last row
+    per_class = {
+        name: sorted((i for i, n in enumerate(names) if n == name), key=lambda i: negatives[i])
+        for name in classes
+    }
     max_refs = max(len(indices) for indices in per_class.values())
     width = label_width + gap + max_refs * (2 * tile_size + gap)
     height = gap + len(classes) * (tile_size + gap)
@@ -431,12 +455,34 @@ def memory_picture(
     font = _font(max(10, tile_size // 9))
     for row, name in enumerate(classes):
         top = gap + row * (tile_size + gap)
-        label = name if draw.textlength(name, font=font) <= label_width - gap else name[:14] + "…"
-        draw.rectangle((gap, top, gap + 5, top + tile_size - 1), fill=class_color(name))
+        row_name = "(no class)" if name is None else name
+        label = row_name if draw.textlength(row_name, font=font) <= label_width - gap else row_name[:14] + "…"
+        draw.rectangle(
+            (gap, top, gap + 5, top + tile_size - 1),
+            fill=NEGATIVE_COLOR if name is None else class_color(name),
+        )
         draw.text((gap + 12, top + tile_size / 2), label, fill=(0, 0, 0), font=font, anchor="lm")
         for column, index in enumerate(per_class[name]):
             left = label_width + gap + column * (2 * tile_size + gap)
             sheet.paste(tiles[index], (left, top))
             pca_tile = Image.fromarray(colors[index]).resize((tile_size, tile_size), Image.Resampling.NEAREST)
             sheet.paste(pca_tile, (left + tile_size, top))
+            if negatives[index]:
+                _mark_negative(draw, (left, top, left + 2 * tile_size - 1, top + tile_size - 1), name, font)
     return sheet
+
+
+def _mark_negative(
+    draw: ImageDraw.ImageDraw,
+    frame: tuple[int, int, int, int],
+    class_name: str | None,
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+) -> None:
+    """A red frame around a negative reference's tiles and "not <class>" (or "not any class")."""
+    left, top, right, bottom = frame
+    width = max(2, (bottom - top) // 40)
+    draw.rectangle(frame, outline=NEGATIVE_COLOR, width=width)
+    text = "not any class" if class_name is None else f"not {class_name}"
+    box = draw.textbbox((left + width + 2, top + width + 2), text, font=font)
+    draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=NEGATIVE_COLOR)
+    draw.text((left + width + 2, top + width + 2), text, fill=(255, 255, 255), font=font)

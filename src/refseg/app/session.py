@@ -2,39 +2,41 @@
 
 Nothing here imports gradio, so every action is tested as a plain function. The models are
 loaded once (:class:`SharedModels`) and shared by all sessions; each browser session has its
-own :class:`SessionState` (its memory bank, reference thumbnails and last results).
+own :class:`SessionState`: its memory bank with what the page shows of it, the picture being
+marked, and the last results. Marking lives in :mod:`refseg.app.draft`, the brush in
+:mod:`refseg.app.brush`, what the page shows in the ``*_view`` modules.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import copy
 import logging
 import os
-import re
+import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from ..data.images import load_image
 from ..errors import InvalidInputError
 from ..instances import Instances
-from ..memory import MemoryBank, context_crop_box, mask_box
-from ..runner import sidecar_path
+from ..masks import mask_box_exclusive, mask_to_rle
+from ..memory import MemoryBank, context_crop_box
 from ..segmenter import Segmenter
-from ..viz import draw_instances, draw_reference, memory_picture
+from ..viz import draw_reference, memory_picture
+from .draft import Draft
+from .pictures import Picture, display_name, jpeg_data_url, picture_from_pixels, resize_mask
 
 logger = logging.getLogger(__name__)
 
 THUMBNAIL_SIZE = 160
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)"
+MEMORY_FILE = "memory.safetensors"
 
 
 class SharedModels:
@@ -62,20 +64,54 @@ class SharedModels:
     def segmenter_for(self, bank: MemoryBank | None) -> Segmenter:
         """A segmenter with the shared models and a session's memory bank (an empty one if None).
 
+        A bank that holds references keeps its own context ratio: references added in the page
+        are cropped as the bank's earlier ones were (a loaded file may have another ratio than
+        the app's preset).
+
         Raises:
             EncoderMismatchError: the bank was built with another encoder.
         """
         base = self.base()
-        return Segmenter(base.proposer, base.encoder, memory=bank, preset=base.settings)
+        settings = base.settings
+        if bank is not None and len(bank) > 0:
+            settings = settings.replace(context_ratio=bank.context_ratio)
+        return Segmenter(
+            base.proposer, base.encoder, memory=bank, preset=settings, between_stages=base.between_stages
+        )
 
 
 @dataclass
 class TargetResult:
-    """One segmented target image."""
+    """One segmented target image.
 
-    name: str
-    image: np.ndarray  # (H, W, 3) uint8
+    Attributes:
+        picture: the target (pixels and the preview the page shows).
+        instances: what was found, at the target's size.
+        preview_masks: (N, h, w) bool, the instances' masks at the preview's size.
+    """
+
+    picture: Picture
     instances: Instances
+    preview_masks: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return self.picture.name
+
+    @property
+    def image(self) -> np.ndarray:
+        return self.picture.pixels
+
+
+@dataclass
+class Removal:
+    """What "Undo removal" puts back: the memory as it was before the last removal."""
+
+    what: str
+    bank: MemoryBank
+    thumbnails: dict[int, str]
+    crops: dict[int, tuple[np.ndarray, np.ndarray]]
+    version: int  # the memory version right after the removal: undo only while it is current
 
 
 @dataclass
@@ -84,24 +120,47 @@ class SessionState:
 
     Attributes:
         bank: the session's memory bank (None until the first reference or load).
-        thumbnails: reference id -> context crop with the mask outlined (only for references
-            added in this session: a loaded memory file holds features, not pictures).
+        thumbnails: reference id -> context crop with the mask outlined, as a JPEG data URL
+            (only for references added in this session: a loaded memory file holds features, not pictures).
         crops: reference id -> (image, mask) cut to the reference's context crop, enough to
             redo the bank's crop exactly for the memory picture.
+        version: counts the changes of the memory; ``saved_version`` is the version the user
+            has as a file (downloaded, or uploaded): the page warns before leaving otherwise.
+        removal: what "Undo removal" restores (None: nothing to undo).
+        picture: the reference picture being marked; ``drafts`` the objects being marked on
+            it ("reference") and on a result ("result", the missed object).
+        tab: how the picture is being marked ("click", "paint" or "mask"): the page only
+            updates what is shown, so the other ways get the picture when their tab is chosen;
+            ``editor_picture`` is the fingerprint of the picture the brush's editor holds.
         strokes: (picture fingerprint, painted mask) at the last reference added with the
-            brush. The editor keeps earlier strokes on the canvas, so only strokes painted since
-            then mark the next object (see :func:`fresh_strokes`).
-        results: the last run's targets, kept so the score slider redraws without recomputing.
-        result_categories: class name -> category id at the time of that run.
+            brush (see :func:`refseg.app.brush.fresh_strokes`).
+        pair_mask: (file name, (H, W) mask) of a mask file uploaded for the picture.
+        last_add: what the last add took (a brush or mask-file add sent twice adds once).
+        results: the last run's targets; ``shown`` the one in the large view, ``selected`` the
+            selected instance's index in it; ``result_categories`` class name -> category id
+            at the time of that run.
+        seqs: canvas name -> the last click the server handled (echoed to the page).
         workdir: folder for the files offered for download.
     """
 
     bank: MemoryBank | None = None
-    thumbnails: dict[int, Image.Image] = field(default_factory=dict)
+    thumbnails: dict[int, str] = field(default_factory=dict)
     crops: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    version: int = 0
+    saved_version: int = 0
+    removal: Removal | None = None
+    picture: Picture | None = None
+    tab: str = "click"
+    editor_picture: str | None = None
+    drafts: dict[str, Draft] = field(default_factory=dict)
     strokes: tuple[str, np.ndarray] | None = None
+    pair_mask: tuple[str, np.ndarray] | None = None
+    last_add: str | None = None
     results: list[TargetResult] = field(default_factory=list)
     result_categories: dict[str, int] = field(default_factory=dict)
+    shown: int = 0
+    selected: int | None = None
+    seqs: dict[str, int] = field(default_factory=dict)
     workdir: str | None = None
 
     def folder(self) -> Path:
@@ -109,108 +168,17 @@ class SessionState:
             self.workdir = tempfile.mkdtemp(prefix="refseg-app-")
         return Path(self.workdir)
 
+    @property
+    def unsaved(self) -> bool:
+        """The memory holds references the user has no file of."""
+        return self.bank is not None and len(self.bank) > 0 and self.version != self.saved_version
 
-# --------------------------------------------------------------------------- inputs
-
-
-def parse_box(text: str | None) -> list[float] | None:
-    """A box typed as "x1, y1, x2, y2" (commas, spaces or brackets); None for an empty text.
-
-    Raises:
-        InvalidInputError: not four numbers, or x2 <= x1 or y2 <= y1.
-    """
-    if text is None or not text.strip():
-        return None
-    numbers = re.findall(_NUMBER, text)
-    leftover = re.sub(_NUMBER, "", text)
-    if len(numbers) != 4 or re.search(r"[^\s,;()\[\]]", leftover):
-        raise InvalidInputError(f"Type the box as four numbers x1, y1, x2, y2 in pixels; got {text!r}.")
-    x1, y1, x2, y2 = (float(n) for n in numbers)
-    if x2 <= x1 or y2 <= y1:
-        raise InvalidInputError(f"The box {text!r} is empty: x2 must exceed x1 and y2 must exceed y1.")
-    return [x1, y1, x2, y2]
+    def changed(self) -> None:
+        """Record a change of the memory (any undo of an earlier removal is now stale)."""
+        self.version += 1
 
 
-def editor_image_and_mask(value: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """The reference image and the painted mask from an image-editor value.
-
-    Args:
-        value: ``{"background": (H, W, 3|4), "layers": [(H, W, 4), ...], "composite": ...}`` as
-            gradio's ImageEditor gives it (numpy), or a plain image.
-
-    Returns:
-        image: (H, W, 3) uint8.
-        mask: (H, W) bool union of the painted strokes (alpha > 0), or None if nothing is painted.
-
-    Raises:
-        InvalidInputError: no image was uploaded.
-    """
-    if isinstance(value, dict):
-        background = value.get("background")
-        if background is None:
-            background = value.get("composite")
-        layers = value.get("layers") or []
-    else:
-        background, layers = value, []
-    if background is None or (isinstance(background, np.ndarray) and background.size == 0):
-        raise InvalidInputError("Upload a reference image first.")
-    array = np.asarray(background)
-    if array.ndim == 3 and array.shape[2] == 4:
-        array = array[..., :3]  # the uploaded picture itself, not composited on black
-    image = load_image(array)
-    height, width = image.shape[:2]
-    mask = np.zeros((height, width), dtype=bool)
-    for layer in layers:
-        if layer is None:
-            continue
-        layer = np.asarray(layer)
-        if layer.ndim != 3 or layer.shape[2] != 4:
-            continue
-        if layer.shape[:2] != (height, width):
-            resized = Image.fromarray(layer[..., 3]).resize((width, height), Image.Resampling.NEAREST)
-            mask |= np.asarray(resized) > 0
-        else:
-            mask |= layer[..., 3] > 0
-    return image, (mask if mask.any() else None)
-
-
-def _fingerprint(image: np.ndarray) -> str:
-    return hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() + str(image.shape)
-
-
-def fresh_strokes(state: SessionState, image: np.ndarray, painted: np.ndarray | None) -> np.ndarray | None:
-    """The strokes painted since the last brush reference on this same picture.
-
-    Strokes stay on the editor's canvas after "Add reference"; without this, the next object
-    painted on the same picture would be merged with the previous one.
-
-    Args:
-        image: (H, W, 3) uint8 picture in the editor.
-        painted: (H, W) bool everything painted on it, or None.
-
-    Returns:
-        (H, W) bool new strokes, or None when nothing new was painted (a typed box then counts).
-    """
-    if painted is None:
-        return None
-    if state.strokes is None or state.strokes[0] != _fingerprint(image):
-        return painted
-    fresh = painted & ~state.strokes[1]
-    return fresh if fresh.any() else None
-
-
-def remember_strokes(state: SessionState, image: np.ndarray, painted: np.ndarray | None) -> None:
-    """Record what is painted on ``image`` once a reference was added from it."""
-    if painted is not None:
-        state.strokes = (_fingerprint(image), painted.copy())
-
-
-def _rle(mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("utf-8")}
-
-
-# --------------------------------------------------------------------------- actions
+# --------------------------------------------------------------------------- references
 
 
 def add_reference(
@@ -218,71 +186,128 @@ def add_reference(
     state: SessionState,
     class_name: str | None,
     image: np.ndarray,
+    mask: np.ndarray,
     *,
-    mask: np.ndarray | None = None,
-    box: Sequence[float] | None = None,
-    file_name: str | None = None,
+    source: dict[str, Any],
+    negative: bool = False,
 ) -> int:
-    """Add one reference to the session's bank; a box is turned into a mask by SAM2.
+    """Add one marked object to the session's bank.
 
-    The mask (as RLE) and the box are kept in the reference's source, so the memory file can
-    be pictured later (``refseg memory show``).
+    Args:
+        class_name: its class; None only for a negative example of no class (background).
+        image: (H, W, 3) uint8 picture.
+        mask: (H, W) bool, the object (the page makes it: SAM2 from prompts, the brush, a file).
+        source: how it was marked (``prompt``, ``file``, points, box...), kept in the memory
+            file; the mask is added to it as RLE, so the memory file can be pictured later.
+        negative: a "not this class" example (or background, without a class).
 
     Returns:
         The new reference id.
 
     Raises:
-        InvalidInputError: no class name, neither mask nor box, or an unusable mask/box.
+        InvalidInputError: no class name for a positive example, or an unusable mask.
     """
-    if not class_name or not class_name.strip():
+    name = class_name.strip() if class_name else None
+    if not name and not negative:
         raise InvalidInputError("Type a class name first.")
-    if mask is None and box is None:
-        raise InvalidInputError(
-            "Mark the object: paint over it with the brush, or type its box x1, y1, x2, y2."
-        )
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        raise InvalidInputError("The mask is empty: mark the object first.")
     segmenter = models.segmenter_for(state.bank)
-    instance_mask = segmenter.reference_mask(image, mask=mask, box=None if mask is not None else box)
-    source: dict[str, Any] = {"prompt": "mask" if mask is not None else "box", "mask": _rle(instance_mask)}
-    if mask is None and box is not None:
-        source["box"] = [float(v) for v in box]
-    if file_name:
-        source["file"] = file_name
-    ref_id = segmenter.add_reference(image, class_name.strip(), mask=instance_mask, source=source)
+    provenance = {**source, "mask": mask_to_rle(mask)}
+    ref_id = segmenter.add_reference(image, name, mask=mask, negative=negative, source=provenance)
     state.bank = segmenter.memory
-    ratio = segmenter.settings.context_ratio
-    x0, y0, x1, y1 = context_crop_box(mask_box(instance_mask), instance_mask.shape, ratio)
-    state.crops[ref_id] = (image[y0:y1, x0:x1].copy(), instance_mask[y0:y1, x0:x1].copy())
-    state.thumbnails[ref_id] = draw_reference(
-        image, instance_mask, class_name=class_name.strip(), size=THUMBNAIL_SIZE, context_ratio=ratio
-    )
-    logger.info("added reference %d (%s)", ref_id, class_name)
+    ratio = state.bank.context_ratio
+    x0, y0, x1, y1 = context_crop_box(mask_box_exclusive(mask), mask.shape, ratio)
+    state.crops[ref_id] = (image[y0:y1, x0:x1].copy(), mask[y0:y1, x0:x1].copy())
+    thumbnail = draw_reference(image, mask, class_name=name, size=THUMBNAIL_SIZE, context_ratio=ratio)
+    state.thumbnails[ref_id] = jpeg_data_url(np.asarray(thumbnail), quality=85)
+    state.changed()
+    logger.info("added reference %d (%s%s)", ref_id, name, ", negative" if negative else "")
     return ref_id
 
 
-def remove_class(state: SessionState, class_name: str | None) -> None:
-    """Remove a class and its references from the session's bank."""
-    if state.bank is None or not class_name:
-        raise InvalidInputError("Choose a class to remove.")
-    kept = {r.ref_id for r in state.bank.references if r.class_name != class_name}
-    state.bank.remove_class(class_name)
+def _remember_for_undo(state: SessionState, what: str) -> None:
+    assert state.bank is not None
+    state.removal = Removal(what, copy.deepcopy(state.bank), dict(state.thumbnails), dict(state.crops), -1)
+
+
+def _removed(state: SessionState) -> None:
+    kept = {r.ref_id for r in state.bank.references} if state.bank is not None else set()
     state.thumbnails = {i: t for i, t in state.thumbnails.items() if i in kept}
     state.crops = {i: c for i, c in state.crops.items() if i in kept}
+    state.changed()
+    if state.removal is not None:
+        state.removal.version = state.version
 
 
-def remove_reference(state: SessionState, ref_id: float | int | None) -> None:
-    """Remove one reference (by id) from the session's bank."""
-    if state.bank is None or ref_id is None:
-        raise InvalidInputError("Type the id of the reference to remove (see the table).")
+def remove_reference(state: SessionState, ref_id: int) -> str:
+    """Remove one reference (by id) from the session's bank; returns what was removed, in words."""
+    if state.bank is None:
+        raise InvalidInputError("The memory is empty: there is nothing to remove.")
+    record = next((r for r in state.bank.references if r.ref_id == int(ref_id)), None)
+    if record is None:
+        raise InvalidInputError("That reference is no longer in memory; the list is now up to date.")
+    what = f"reference #{record.ref_id} ({record.class_name or 'background'})"
+    _remember_for_undo(state, what)
     state.bank.remove_reference(int(ref_id))
-    state.thumbnails.pop(int(ref_id), None)
-    state.crops.pop(int(ref_id), None)
+    _removed(state)
+    return what
+
+
+def remove_class(state: SessionState, class_name: str | None) -> str:
+    """Remove a class and its references from the session's bank; returns what, in words."""
+    if state.bank is None or not class_name:
+        raise InvalidInputError("Choose a class to remove.")
+    if class_name not in state.bank.class_names:
+        raise InvalidInputError(f"There is no class {class_name!r} in memory.")
+    _remember_for_undo(state, f"class {class_name}")
+    state.bank.remove_class(class_name)
+    _removed(state)
+    return f"class {class_name}"
+
+
+def undo_removal(state: SessionState) -> str:
+    """Put back what the last removal took, if the memory did not change since.
+
+    Raises:
+        InvalidInputError: nothing to undo, or the memory changed after the removal.
+    """
+    removal = state.removal
+    if removal is None:
+        raise InvalidInputError("There is no removal to undo.")
+    state.removal = None
+    if removal.version != state.version:
+        raise InvalidInputError(f"The memory changed after {removal.what} was removed: remove again instead.")
+    state.bank, state.thumbnails, state.crops = removal.bank, removal.thumbnails, removal.crops
+    state.changed()
+    return removal.what
+
+
+def memory_file(state: SessionState) -> Path | None:
+    """The memory as a file matching the current memory (written on first ask), or None if empty.
+
+    Each version gets its own folder, so a link to an older file never serves newer contents
+    and the file the user downloads is always named ``memory.safetensors``.
+    """
+    if state.bank is None or len(state.bank) == 0:
+        return None
+    root = state.folder()
+    path = root / f"memory-v{state.version}" / MEMORY_FILE
+    if not path.is_file():
+        for old in root.glob("memory-v*"):
+            shutil.rmtree(old, ignore_errors=True)
+        state.bank.save(path)
+    return path
 
 
 def save_memory(state: SessionState) -> Path:
-    """Write the session's bank to ``memory.safetensors`` in its folder; returns the path."""
-    if state.bank is None or len(state.bank) == 0:
+    """The memory file (see :func:`memory_file`), counted as saved by the user."""
+    path = memory_file(state)
+    if path is None:
         raise InvalidInputError("The memory is empty: add a reference before saving.")
-    return state.bank.save(state.folder() / "memory.safetensors")
+    state.saved_version = state.version
+    return path
 
 
 def load_memory(models: SharedModels, state: SessionState, path: str | os.PathLike) -> None:
@@ -296,26 +321,30 @@ def load_memory(models: SharedModels, state: SessionState, path: str | os.PathLi
     state.bank = bank
     state.thumbnails = {}
     state.crops = {}
+    state.removal = None
+    state.changed()
+    state.saved_version = state.version  # the user has this file
+
+
+# --------------------------------------------------------------------------- runs
 
 
 def run_targets(
-    models: SharedModels,
-    state: SessionState,
-    paths: Sequence[str | os.PathLike],
-    *,
-    progress: Callable[[int, int, str], None] | None = None,
-) -> list[str]:
+    models: SharedModels, state: SessionState, paths: Sequence[str | os.PathLike]
+) -> Generator[tuple[int, int, str], None, list[str]]:
     """Segment every target image; keeps the results in the state.
+
+    A generator, so the page can say which picture is being segmented: it yields
+    ``(done, total, name)`` before each picture and returns one message per file that could
+    not be read (those files are skipped)::
+
+        problems = yield from run_targets(models, state, paths)
 
     Args:
         paths: the uploaded image files.
-        progress: called as ``progress(done, total, name)`` before each image.
-
-    Returns:
-        One message per file that could not be read (those files are skipped).
 
     Raises:
-        InvalidInputError: no image given, or the memory is empty.
+        InvalidInputError: no image given, or the memory is empty (before the first yield).
     """
     if not paths:
         raise InvalidInputError("Upload one or more target images first.")
@@ -325,52 +354,25 @@ def run_targets(
     problems: list[str] = []
     results: list[TargetResult] = []
     for done, path in enumerate(paths):
-        name = Path(path).name
-        if progress is not None:
-            progress(done, len(paths), name)
+        name = display_name(path)
+        yield done, len(paths), name
         try:
             image = load_image(path)
-        except InvalidInputError as error:
-            problems.append(f"{name}: {error}")
-            logger.warning("skipped %s: %s", name, error)
+        except InvalidInputError:
+            problems.append(f"{name}: not a picture this page can read")
+            logger.warning("skipped %s: unreadable", name)
             continue
-        results.append(TargetResult(name, image, segmenter.predict(image)))
+        instances = segmenter.predict(image)
+        picture = picture_from_pixels(image, name)
+        small = np.zeros((len(instances), *picture.preview.shape[:2]), dtype=bool)
+        for i, instance_mask in enumerate(instances.masks):
+            small[i] = resize_mask(instance_mask, small.shape[1:])
+        results.append(TargetResult(picture, instances, small))
     state.results = results
     state.result_categories = state.bank.category_ids
+    state.shown, state.selected = 0, None
+    state.drafts.pop("result", None)
     return problems
-
-
-def render_results(
-    state: SessionState, score_threshold: float
-) -> tuple[list[tuple[Image.Image, str]], list[str]]:
-    """Overlays and result files for the kept results, at a score threshold (no recomputing).
-
-    Returns:
-        gallery: (overlay, caption) per target.
-        files: ``results.json`` (COCO results: image_id, category_id, bbox, score, segmentation)
-            and ``results.json.images.json`` (image id -> file name, categories), as ``refseg predict``
-            writes them;
-            empty when there are no results.
-    """
-    if not state.results:
-        return [], []
-    category_ids = state.result_categories  # the run's: classes may have been removed since
-    gallery, coco, images = [], [], []
-    for image_id, result in enumerate(state.results, start=1):
-        shown = result.instances.filter(score_threshold)
-        gallery.append(
-            (draw_instances(result.image, shown), f"{image_id}: {result.name} ({len(shown)} instances)")
-        )
-        coco.extend(shown.to_coco(image_id, category_ids))
-        height, width = result.image.shape[:2]
-        images.append({"id": image_id, "file_name": result.name, "height": height, "width": width})
-    categories = [{"id": i, "name": n} for n, i in sorted(category_ids.items(), key=lambda kv: kv[1])]
-    folder = state.folder()
-    results_path = folder / "results.json"
-    images_path = sidecar_path(results_path, "images")
-    results_path.write_text(json.dumps(coco))
-    images_path.write_text(json.dumps({"images": images, "categories": categories}, indent=1))
-    return gallery, [str(results_path), str(images_path)]
 
 
 def session_memory_picture(models: SharedModels, state: SessionState, *, tile_size: int = 112) -> Image.Image:
@@ -386,40 +388,10 @@ def session_memory_picture(models: SharedModels, state: SessionState, *, tile_si
         )
     segmenter = models.segmenter_for(state.bank)
     references = [
-        (*state.crops[r.ref_id], r.class_name) for r in state.bank.references if r.ref_id in state.crops
+        (*state.crops[r.ref_id], r.class_name, r.negative)
+        for r in state.bank.references
+        if r.ref_id in state.crops
     ]
     return memory_picture(
-        segmenter.encoder, references, context_ratio=segmenter.settings.context_ratio, tile_size=tile_size
+        segmenter.encoder, references, context_ratio=state.bank.context_ratio, tile_size=tile_size
     )
-
-
-# --------------------------------------------------------------------------- views
-
-
-def reference_rows(state: SessionState) -> list[list[Any]]:
-    """One table row per reference: id, class, how it was marked, file name."""
-    if state.bank is None:
-        return []
-    return [
-        [r.ref_id, r.class_name, r.source.get("prompt", ""), r.source.get("file", "")]
-        for r in state.bank.references
-    ]
-
-
-def reference_gallery(state: SessionState) -> list[tuple[Image.Image, str]]:
-    """(thumbnail, "class #id") for the references added in this session, in bank order."""
-    if state.bank is None:
-        return []
-    return [
-        (state.thumbnails[r.ref_id], f"{r.class_name} #{r.ref_id}")
-        for r in state.bank.references
-        if r.ref_id in state.thumbnails
-    ]
-
-
-def memory_summary(state: SessionState) -> str:
-    """A one-line Markdown summary of the bank: classes and reference counts."""
-    if state.bank is None or len(state.bank) == 0:
-        return "Memory: empty. Add a reference to start."
-    counts = ", ".join(f"**{name}** {count}" for name, count in state.bank.counts().items())
-    return f"Memory: {len(state.bank)} reference(s) in {len(state.bank.class_names)} class(es): {counts}"

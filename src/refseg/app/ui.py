@@ -1,53 +1,88 @@
-"""The Gradio page: references on the left, targets and results on the right.
+"""The Gradio page: its layout (here) and its events (:mod:`refseg.app.events`).
 
-Needs ``pip install "refseg[app]"`` (gradio). All work is done by :mod:`refseg.app.session`;
-this module only lays the page out and turns refseg errors into messages in the page.
+Needs ``pip install "refseg[app]"`` (gradio). The work is done without gradio in
+:mod:`refseg.app.session` and the modules beside it; the page has one message area where
+every event says what happened, what went wrong, or which step is running.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import shutil
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
-from ..errors import InvalidInputError, RefsegError
 from ..memory import MemoryBank
 from ..segmenter import Segmenter
-from . import session as actions
-from .session import SessionState, SharedModels
+from .canvas import PAGE_CSS, message_area, picture_canvas, reference_list
+from .events import wire
+from .references_view import references_value
+from .session import SessionState, SharedModels, memory_file
+from .views import empty_view, message_html
 
 logger = logging.getLogger(__name__)
 
 TITLE = "refseg: find objects from a few examples"
 INTRO = """\
-**1.** Type a class name, upload a reference image and mark one object: paint over it with the
-brush, or type its box `x1, y1, x2, y2` in pixels (SAM2 then makes the mask). Add as many
-references as you like, for one or more classes (on the same picture, only the strokes painted
-since the last reference count). **2.** Upload target images and press **Run**.
-The score slider filters what is shown without recomputing. Memory and results can be downloaded.
+**1. References.** Upload a picture, type the object's class, then mark the object: click it
+(shift/alt+click marks what is *not* the object), or drag a box; SAM2's mask follows each click.
+**Accept** adds it. You can also paint it, or upload its mask file. **2. Targets.** Upload
+pictures and press **Run**. Click a found object to correct it: *Not …* and *Background* add it as
+a negative example, *Missed something* lets you mark an object refseg did not find.
 """
-REFERENCE_HEADERS = ["id", "class", "marked by", "file"]
-# Events that run the shared models wait for each other, whichever session sent them.
-MODELS: dict[str, Any] = {"concurrency_id": "models", "concurrency_limit": 1}
 
 
-def _user_errors(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Show a refseg error as an error message in the page instead of failing the request."""
+@dataclass
+class Page:
+    """The page's components, for the events to name as inputs and outputs."""
 
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return function(*args, **kwargs)
-        except RefsegError as error:
-            raise gr.Error(str(error), print_exception=False) from error
+    state: gr.State
+    message: gr.HTML
+    reference_upload: gr.File
+    class_name: gr.Textbox
+    click_tab: gr.Tab
+    paint_tab: gr.Tab
+    mask_tab: gr.Tab
+    reference_canvas: gr.HTML
+    undo: gr.Button
+    clear: gr.Button
+    accept: gr.Button
+    editor: gr.ImageEditor
+    add_painted: gr.Button
+    mask_upload: gr.File
+    mask_canvas: gr.HTML
+    add_masked: gr.Button
+    references: gr.HTML
+    undo_removal: gr.Button
+    class_choice: gr.Dropdown
+    remove_class: gr.Button
+    download: gr.DownloadButton
+    memory_upload: gr.File
+    picture_button: gr.Button
+    memory_picture: gr.Image
+    targets: gr.File
+    run: gr.Button
+    threshold: gr.Slider
+    result_canvas: gr.HTML
+    correction_row: gr.Row
+    not_class: gr.Button
+    background: gr.Button
+    missed: gr.Button
+    missed_row: gr.Row
+    missed_class: gr.Dropdown
+    missed_undo: gr.Button
+    missed_accept: gr.Button
+    missed_cancel: gr.Button
+    strip: gr.Gallery
+    result_files: gr.File
 
-    return wrapper
+    def memory_outputs(self) -> list[Any]:
+        """What shows the memory: the list, the download, undo, and the class choices."""
+        return [self.references, self.download, self.undo_removal, self.class_choice, self.missed_class]
 
 
 def _forget_session(state: SessionState) -> None:
@@ -56,11 +91,126 @@ def _forget_session(state: SessionState) -> None:
         shutil.rmtree(state.workdir, ignore_errors=True)
 
 
-def _file_path(value: Any) -> str | None:
-    """The local path of an uploaded file (gradio gives a str path or an object with .name)."""
-    if value is None:
-        return None
-    return value if isinstance(value, str | os.PathLike) else getattr(value, "name", None)
+def _layout(initial: SessionState, score_threshold: float) -> Page:
+    names = initial.bank.class_names if initial.bank is not None else []
+    state = gr.State(initial, delete_callback=_forget_session)
+    gr.Markdown(f"# {TITLE}\n{INTRO}")
+    message = message_area(message_html("Upload a reference picture to start."))
+    with gr.Row():
+        with gr.Column(scale=1, elem_id="references-column"):
+            gr.Markdown("## 1. References")
+            reference_upload = gr.File(
+                label="Reference picture (JPEG, PNG, WebP, BMP, TIFF)",
+                file_count="single",
+                height=100,
+                elem_id="reference-upload",
+            )
+            class_name = gr.Textbox(label="Class name", placeholder="e.g. cat", elem_id="class-name")
+            with gr.Tabs():
+                with gr.Tab("Click or drag", id="click") as click_tab:
+                    reference_canvas = picture_canvas(
+                        "reference-canvas", empty_view("Upload a picture to start.")
+                    )
+                    with gr.Row():
+                        undo = gr.Button("Undo", size="sm", elem_id="undo")
+                        clear = gr.Button("Clear", size="sm", elem_id="clear")
+                        accept = gr.Button("Accept", variant="primary", interactive=False, elem_id="accept")
+                with gr.Tab("Paint", id="paint") as paint_tab:
+                    editor = gr.ImageEditor(
+                        label="Paint over the object",
+                        type="numpy",
+                        format="png",
+                        sources=(),
+                        transforms=(),
+                        layers=False,
+                        brush=gr.Brush(colors=["#ff3366"], color_mode="fixed"),
+                        elem_id="reference-editor",
+                    )
+                    add_painted = gr.Button("Add painted reference", variant="primary", elem_id="add-painted")
+                with gr.Tab("Image + mask file", id="mask") as mask_tab:
+                    mask_upload = gr.File(
+                        label="Its mask (same size; the object's pixels non-zero)",
+                        height=100,
+                        elem_id="mask-upload",
+                    )
+                    mask_canvas = picture_canvas(
+                        "mask-canvas", empty_view("Upload the picture above, then its mask.")
+                    )
+                    add_masked = gr.Button(
+                        "Add with this mask", variant="primary", interactive=False, elem_id="add-masked"
+                    )
+            references = reference_list("references", references_value(initial))
+            undo_removal = gr.Button("Undo removal", size="sm", visible=False, elem_id="undo-removal")
+            with gr.Row():
+                class_choice = gr.Dropdown(
+                    choices=names,
+                    value=names[0] if names else None,
+                    label="Class",
+                    scale=2,
+                    elem_id="class-choice",
+                )
+                remove_class = gr.Button("Remove class", size="sm", scale=1, elem_id="remove-class")
+            with gr.Row():
+                download = gr.DownloadButton(
+                    "Download memory",
+                    value=memory_file(initial),
+                    interactive=bool(names),
+                    size="md",
+                    elem_id="download-memory",
+                )
+                memory_upload = gr.File(
+                    label="Load a memory file (.safetensors)", height=100, elem_id="memory-upload"
+                )
+            with gr.Accordion("Memory picture: what the encoder sees in each reference", open=False):
+                picture_button = gr.Button("Draw the memory picture", size="sm", elem_id="draw-memory")
+                memory_picture = gr.Image(
+                    label="Per class: each reference's crop and the first 3 principal components of its "
+                    "patch features as RGB (background dimmed)",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    elem_id="memory-picture",
+                )
+        with gr.Column(scale=1, elem_id="targets-column"):
+            gr.Markdown("## 2. Targets")
+            targets = gr.File(label="Target pictures", file_count="multiple", height=120, elem_id="targets")
+            run = gr.Button("Run", variant="primary", elem_id="run")
+            threshold = gr.Slider(
+                0.0, 1.0, value=score_threshold, step=0.01, label="Minimum score shown", elem_id="threshold"
+            )
+            result_canvas = picture_canvas("result-canvas", empty_view("Run to see the results here."))
+            with gr.Row() as correction_row:
+                not_class = gr.Button("Not …", size="sm", interactive=False, elem_id="not-class")
+                background = gr.Button("Background", size="sm", interactive=False, elem_id="background")
+                missed = gr.Button("Missed something", size="sm", interactive=False, elem_id="missed")
+            with gr.Row(visible=False) as missed_row:
+                missed_class = gr.Dropdown(
+                    choices=names, label="Class of the missed object", allow_custom_value=True, scale=2,
+                    elem_id="missed-class",
+                )  # fmt: skip
+                missed_undo = gr.Button("Undo", size="sm", elem_id="missed-undo")
+                missed_accept = gr.Button(
+                    "Add", variant="primary", interactive=False, elem_id="missed-accept"
+                )
+                missed_cancel = gr.Button("Cancel", size="sm", elem_id="missed-cancel")
+            strip = gr.Gallery(
+                label="All results (click one to show it above)",
+                columns=6,
+                height=170,
+                object_fit="contain",
+                allow_preview=False,
+                fit_columns=False,
+                interactive=False,
+                format="jpeg",
+                elem_id="result-strip",
+            )
+            result_files = gr.File(
+                label="COCO results (results.json) and image ids (results.json.images.json)",
+                file_count="multiple",
+                interactive=False,
+                elem_id="result-files",
+            )
+    return Page(**{name: value for name, value in locals().items() if name in Page.__dataclass_fields__})
 
 
 def build_app(
@@ -79,194 +229,15 @@ def build_app(
         score_threshold: initial position of the score slider.
 
     Returns:
-        A ``gr.Blocks``; serve it with :func:`launch` or its own ``.launch()``.
+        A ``gr.Blocks``; serve it with :func:`launch` (which sets what the page needs).
     """
     models = SharedModels(segmenter)
     initial = SessionState()
     if memory is not None:
         initial.bank = memory if isinstance(memory, MemoryBank) else MemoryBank.load(memory)
-
-    def reference_views(state: SessionState) -> tuple:
-        names = state.bank.class_names if state.bank is not None else []
-        return (
-            state,
-            actions.reference_gallery(state),
-            actions.reference_rows(state),
-            actions.memory_summary(state),
-            gr.Dropdown(choices=names, value=names[0] if names else None),
-        )
-
-    @_user_errors
-    def on_add(state: SessionState, class_name: str, editor: Any, box_text: str, progress=gr.Progress()):  # noqa: B008 (gradio injects it)
-        image, painted = actions.editor_image_and_mask(editor)
-        mask = actions.fresh_strokes(state, image, painted)
-        box = actions.parse_box(box_text)
-        if painted is not None and mask is None and box is None:
-            raise InvalidInputError(
-                "The strokes on this picture already marked the previous reference: paint the next "
-                "object, or type its box."
-            )
-        if mask is not None and box is not None:
-            gr.Warning("Both new brush strokes and a box were given: the strokes are used.")
-        progress(0.1, desc="encoding the reference")
-        actions.add_reference(models, state, class_name, image, mask=mask, box=box)
-        actions.remember_strokes(state, image, painted)
-        # The box just used is cleared. The editor is left alone: gradio's ImageEditor does not
-        # reliably survive a value sent back from the server while the user works in it.
-        return (*reference_views(state), "")
-
-    @_user_errors
-    def on_remove_class(state: SessionState, class_name: str):
-        actions.remove_class(state, class_name)
-        return reference_views(state)
-
-    @_user_errors
-    def on_remove_reference(state: SessionState, ref_id: float | None):
-        actions.remove_reference(state, ref_id)
-        return reference_views(state)
-
-    @_user_errors
-    def on_save(state: SessionState):
-        return str(actions.save_memory(state))
-
-    @_user_errors
-    def on_load(state: SessionState, upload: Any):
-        path = _file_path(upload)
-        if path is None:
-            return reference_views(state)
-        actions.load_memory(models, state, path)
-        gr.Info(f"Loaded {Path(path).name}: {len(state.bank)} reference(s).")
-        return reference_views(state)
-
-    @_user_errors
-    def on_run(state: SessionState, uploads: Any, threshold: float, progress=gr.Progress()):  # noqa: B008 (gradio injects it)
-        paths = [p for p in (_file_path(u) for u in (uploads or [])) if p]
-        progress(0.0, desc="loading the models")
-        models.base()
-
-        def report(done: int, total: int, name: str) -> None:
-            progress((done, total), desc=f"segmenting {name}", unit="images")
-
-        problems = actions.run_targets(models, state, paths, progress=report)
-        for problem in problems:
-            gr.Warning(f"Skipped {problem}")
-        gallery, files = actions.render_results(state, threshold)
-        return state, gallery, files
-
-    @_user_errors
-    def on_picture(state: SessionState, progress=gr.Progress()):  # noqa: B008 (gradio injects it)
-        progress(0.1, desc="encoding the references")
-        return actions.session_memory_picture(models, state)
-
-    def on_threshold(state: SessionState, threshold: float):
-        gallery, files = actions.render_results(state, threshold)
-        return gallery, files
-
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
-        state = gr.State(initial, delete_callback=_forget_session)
-        gr.Markdown(f"# {TITLE}\n{INTRO}")
-        with gr.Row():
-            with gr.Column(scale=1):
-                gr.Markdown("## References")
-                class_name = gr.Textbox(label="Class name", placeholder="e.g. cat", elem_id="class-name")
-                editor = gr.ImageEditor(
-                    label="Reference image (paint the object with the brush)",
-                    type="numpy",
-                    format="png",
-                    sources=["upload", "clipboard"],
-                    transforms=(),
-                    layers=False,
-                    brush=gr.Brush(colors=["#ff3366"], color_mode="fixed"),
-                    elem_id="reference-editor",
-                )
-                box_text = gr.Textbox(
-                    label="…or its box x1, y1, x2, y2 (pixels)",
-                    placeholder="e.g. 40, 30, 200, 180",
-                    elem_id="reference-box",
-                )
-                add_button = gr.Button("Add reference", variant="primary", elem_id="add-reference")
-                summary = gr.Markdown(actions.memory_summary(initial), elem_id="memory-summary")
-                references = gr.Gallery(
-                    value=actions.reference_gallery(initial),
-                    label="References added in this session",
-                    columns=5,
-                    height=200,
-                    object_fit="contain",
-                    fit_columns=False,
-                    allow_preview=False,
-                    format="png",
-                    elem_id="reference-gallery",
-                )
-                table = gr.Dataframe(
-                    value=actions.reference_rows(initial) or None,
-                    headers=REFERENCE_HEADERS,
-                    label="All references in memory",
-                    interactive=False,
-                    elem_id="reference-table",
-                )
-                with gr.Row():
-                    class_choice = gr.Dropdown(
-                        choices=initial.bank.class_names if initial.bank else [], label="Class", scale=2
-                    )
-                    remove_class_button = gr.Button("Remove class", size="sm", scale=1)
-                with gr.Row():
-                    ref_id = gr.Number(label="Reference id", precision=0, scale=2)
-                    remove_ref_button = gr.Button("Remove reference", size="sm", scale=1)
-                with gr.Row():
-                    memory_upload = gr.File(
-                        label="Load a memory file", file_types=[".safetensors"], elem_id="memory-upload"
-                    )
-                    with gr.Column():
-                        save_button = gr.Button("Save memory", elem_id="save-memory")
-                        memory_file = gr.File(label="Memory file", interactive=False, elem_id="memory-file")
-                with gr.Accordion("Memory picture: what the encoder sees in each reference", open=False):
-                    picture_button = gr.Button("Draw the memory picture", size="sm", elem_id="draw-memory")
-                    picture = gr.Image(
-                        label="Per class: each reference's crop and the first 3 principal components of its "
-                        "patch features as RGB (background dimmed)",
-                        type="pil",
-                        format="png",
-                        interactive=False,
-                        elem_id="memory-picture",
-                    )
-            with gr.Column(scale=1):
-                gr.Markdown("## Targets")
-                targets = gr.File(
-                    label="Target images", file_count="multiple", file_types=["image"], elem_id="targets"
-                )
-                run_button = gr.Button("Run", variant="primary", elem_id="run")
-                threshold = gr.Slider(
-                    0.0,
-                    1.0,
-                    value=score_threshold,
-                    step=0.01,
-                    label="Minimum score shown",
-                    elem_id="threshold",
-                )
-                overlays = gr.Gallery(
-                    label="Results",
-                    columns=2,
-                    height=520,
-                    object_fit="contain",
-                    format="png",
-                    elem_id="overlays",
-                )
-                result_files = gr.File(
-                    label="COCO results (results.json) and image ids (results.json.images.json)",
-                    file_count="multiple",
-                    interactive=False,
-                    elem_id="result-files",
-                )
-
-        views = [state, references, table, summary, class_choice]
-        add_button.click(on_add, [state, class_name, editor, box_text], [*views, box_text], **MODELS)
-        remove_class_button.click(on_remove_class, [state, class_choice], views)
-        remove_ref_button.click(on_remove_reference, [state, ref_id], views)
-        save_button.click(on_save, [state], [memory_file])
-        memory_upload.upload(on_load, [state, memory_upload], views)
-        picture_button.click(on_picture, [state], [picture], **MODELS)
-        run_button.click(on_run, [state, targets, threshold], [state, overlays, result_files], **MODELS)
-        threshold.release(on_threshold, [state, threshold], [overlays, result_files])
+        page = _layout(initial, score_threshold)
+        wire(page, models)
     return demo
 
 
@@ -297,7 +268,10 @@ def launch(
         prevent_thread_lock=True,
         share=False,
         quiet=quiet,
-        show_error=True,
+        css=PAGE_CSS,
+        # Gradio 6 keeps every call's inputs and outputs for its "runs" page by default: each
+        # click gets slower as they pile up, and the user's pictures are kept there. Off.
+        run_history=False,
     )
     logger.info("refseg app at %s", url)
     if block:

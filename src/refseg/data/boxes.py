@@ -2,8 +2,8 @@
 
 METHOD.md section 5: the paper made the masks of its box-only benchmarks, for references and
 targets alike, by prompting SAM with the ground-truth boxes. The paper used SAM ViT-H (SAM 1);
-refseg uses the configured SAM2 proposer instead (``Proposer.masks_from_boxes``), so masks,
-and segm numbers measured against them, differ slightly from the paper's.
+refseg uses the configured SAM2 proposer instead (``Proposer.decode_boxes``), so masks, and
+segm numbers measured against them, differ slightly from the paper's.
 """
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import InvalidInputError
+from ..masks import box_to_mask, mask_to_rle
 from ..matching import upsample_masks
 from ..models.base import Proposer
 from ..preprocess import proposer_input
-from .coco import annotations_by_image, box_to_mask, has_segmentation, iter_images, mask_to_rle
+from .coco import annotations_by_image, check_coco, has_segmentation, iter_images
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +68,14 @@ def boxes_to_masks(
     image_size: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    on_skip: Callable[[str], None] | None = None,
 ) -> dict:
     """Give every box-only annotation a mask made by SAM2 from its box.
 
-    Per image: the image is resized to the proposer's square input, the annotations' boxes
-    are scaled to that space and handed to ``proposer.masks_from_boxes``; the low-resolution
-    logits are upsampled to the image size and thresholded at 0. The mask is stored as a
+    Per image: the image is resized to the proposer's square input and embedded once
+    (``proposer.embed``), the annotations' boxes are scaled to that space and decoded against
+    that embedding (``proposer.decode_boxes``, :data:`BOXES_PER_CALL` at a time); the
+    low-resolution logits are upsampled to the image size and thresholded at 0. The mask is stored as a
     compressed RLE ``segmentation`` with its ``area``; the ground-truth ``bbox`` is kept. An
     empty mask (SAM2 found nothing in the box) falls back to the filled box. Each changed
     annotation gets ``"mask_source"``: ``"sam2"`` or ``"box"``.
@@ -82,39 +85,42 @@ def boxes_to_masks(
     Args:
         coco: a COCO dict (not modified).
         image_dir: the folder the images' ``file_name`` are relative to.
-        proposer: anything with ``image_size`` and ``masks_from_boxes`` (a SAM2 proposer).
+        proposer: anything with ``image_size``, ``embed`` and ``decode_boxes`` (a SAM2 proposer).
         image_size: the proposer's input side; default ``proposer.image_size``.
         overwrite: also replace existing segmentations (default: only box-only annotations).
         progress: show a progress bar.
+        on_skip: called with ``file (image N): reason`` for each skipped image (default: a
+            logged warning): each skip is reported once.
 
     Returns:
-        A new COCO dict. Unreadable images are logged, left unchanged (their annotations stay
-        box-only) and listed in ``info["boxes_to_masks"]["skipped_images"]`` as
-        ``{"id", "file_name", "error"}``.
+        A new COCO dict. Unreadable images (and images of another size than the json says)
+        are left unchanged (their annotations stay box-only), reported (``on_skip``) and
+        listed in ``info["boxes_to_masks"]["skipped_images"]`` as ``{"id", "file_name", "error"}``.
 
     Raises:
-        InvalidInputError: the proposer returns the wrong number of masks.
+        InvalidInputError: a malformed COCO dict (:func:`~refseg.data.coco.check_coco`), no
+            annotation with a box or a mask, every image with boxes was skipped (no mask
+            made), or the proposer returns the wrong number of masks.
     """
+    result = check_coco(copy.deepcopy(dict(coco)), source="the COCO data")
     size = int(image_size or proposer.image_size)
-    result = copy.deepcopy(dict(coco))
     by_image = annotations_by_image(result)
     todo = {
         image_id
         for image_id, annotations in by_image.items()
         if any((overwrite or not has_segmentation(a)) and "bbox" in a for a in annotations)
     }
+    if not todo and not any(has_segmentation(a) for a in result["annotations"]):
+        raise InvalidInputError(
+            "No mask to make: no annotation has a bbox (and none has a segmentation already)."
+        )
     images = {"images": [image for image in result["images"] if int(image["id"]) in todo]}
     errors: list[tuple[dict, str]] = []
     counts = {"sam2": 0, "box": 0}
     bar = tqdm(total=len(images["images"]), desc="box -> mask", unit="img", disable=not progress)
-    for info, image in iter_images(images, image_dir, skip_unreadable=True, errors=errors):
+    for info, image in iter_images(images, image_dir, errors=errors, skip_other_sizes=True):
         bar.update(1)
         height, width = int(info["height"]), int(info["width"])
-        if image.shape[:2] != (height, width):
-            errors.append(
-                (info, f"image is {image.shape[1]}x{image.shape[0]}, the json says {width}x{height}")
-            )
-            continue
         targets = [
             a for a in by_image[int(info["id"])] if (overwrite or not has_segmentation(a)) and "bbox" in a
         ]
@@ -131,8 +137,19 @@ def boxes_to_masks(
     bar.update(len(images["images"]) - bar.n)
     bar.close()
     for info, message in errors:
-        logger.warning(
-            "boxes_to_masks: image %s (%s) skipped: %s", info.get("id"), info.get("file_name"), message
+        line = f"{info.get('file_name')} (image {info.get('id')}): {message}"
+        if on_skip is None:
+            logger.warning("boxes_to_masks: skipped %s", line)
+        else:
+            on_skip(line)
+    if todo and not counts["sam2"] + counts["box"]:
+        shown = "; ".join(f"{info.get('file_name')}: {message}" for info, message in errors[:3])
+        if not errors:
+            shown = "their image ids are not in the json's images"
+        raise InvalidInputError(
+            f"No mask made: all {len(todo)} image(s) with boxes were skipped ({shown}"
+            + ("; ..." if len(errors) > 3 else "")
+            + "). Check --images: the json's file_name entries are relative to it."
         )
     logger.info(
         "boxes_to_masks: %d masks from SAM2, %d box fallbacks, %d images skipped",
@@ -159,9 +176,10 @@ def _masks_for_boxes(proposer: Proposer, image: np.ndarray, boxes_xywh: list, si
     boxes = boxes_to_input_space(np.asarray(boxes_xywh, dtype=np.float32), height, width, size)
     chunks = []
     with torch.inference_mode():
+        embedding = proposer.embed(pixels) if len(boxes) else None  # once per image, every chunk
         for start in range(0, len(boxes), BOXES_PER_CALL):
             chunk = boxes[start : start + BOXES_PER_CALL]
-            logits = proposer.masks_from_boxes(pixels, chunk)
+            logits = proposer.decode_boxes(embedding, chunk)
             if logits.ndim != 3 or logits.shape[0] != len(chunk):
                 raise InvalidInputError(
                     f"The proposer returned masks of shape {tuple(logits.shape)} for {len(chunk)} boxes; "

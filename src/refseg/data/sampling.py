@@ -23,6 +23,7 @@ import random
 from collections.abc import Mapping, Sequence
 
 from ..errors import InvalidInputError
+from .coco import check_coco, is_int
 from .splits import resolve_classes
 
 logger = logging.getLogger(__name__)
@@ -81,11 +82,13 @@ def sample_references(
         Same input and seed -> identical output.
 
     Raises:
-        InvalidInputError: unknown class, or ``shots`` < 1.
+        InvalidInputError: unknown class, ``shots`` < 1, or a malformed COCO dict
+            (:func:`refseg.data.coco.check_coco`).
     """
-    if int(shots) < 1:
-        raise InvalidInputError(f"shots must be at least 1, got {shots}.")
+    if not is_int(shots) or shots < 1:
+        raise InvalidInputError(f"shots must be an integer, at least 1, got {shots!r}.")
     shots = int(shots)
+    coco = check_coco(dict(coco), source="the COCO data")
     chosen = resolve_classes(class_names, coco)
     chosen_ids = {category_id for _, category_id in chosen}
     images = {int(image["id"]): image for image in coco["images"]}

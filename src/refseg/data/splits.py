@@ -204,6 +204,17 @@ def resolve_classes(spec: str | Sequence[str | int], categories: CategoriesLike)
         shown = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
         raise InvalidInputError(
             f"Unknown class{'es' if len(unknown) > 1 else ''}: {'; '.join(hints)}. "
-            f"The data set has {len(names)} categories: {shown}."
+            f"The data set has {len(names)} categories: {shown}.{split_hint(unknown)}"
         )
     return resolved
+
+
+def split_hint(unknown: Sequence[str]) -> str:
+    """`` Split names: ...`` (with a guess) when an unknown name looks like a misspelt split name."""
+    guesses = [
+        close for item in unknown for close in difflib.get_close_matches(item, list(SPLITS), n=1, cutoff=0.75)
+    ]
+    if not guesses and not any(re.search(r"split|^coco-|^voc-|fsod", item) for item in unknown):
+        return ""
+    guess = f" Did you mean the split {guesses[0]}?" if guesses else ""
+    return f"{guess} Split names: {', '.join(SPLITS)}."

@@ -19,6 +19,7 @@ Conventions:
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import xml.etree.ElementTree as ET
@@ -30,7 +31,7 @@ from typing import Literal
 from PIL import Image
 
 from ..errors import InvalidInputError
-from .splits import VOC_CLASSES
+from .splits import VOC_CLASSES, split_hint
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ def voc_to_coco(
 
     Raises:
         InvalidInputError: a missing root, set file or annotation file, unparseable xml, an
-            image size that cannot be found, or an unknown ``difficult`` policy.
+            image size that cannot be found, an unknown ``difficult`` policy, or a class that
+            is neither a VOC class nor the name of an object of the set.
     """
     if difficult not in ("keep", "ignore", "drop"):
         raise InvalidInputError(f"difficult must be 'keep', 'ignore' or 'drop', got {difficult!r}.")
@@ -87,6 +89,7 @@ def voc_to_coco(
     images: list[dict] = []
     annotations: list[dict] = []
     skipped: Counter[str] = Counter()
+    named: set[str] = set()  # every object name met, of any class
     for root in root_list:
         for voc_id in _read_image_set(root, image_set):
             record = _parse_annotation(root, voc_id)
@@ -102,6 +105,7 @@ def voc_to_coco(
                 }
             )
             for obj in record["objects"]:
+                named.add(obj["name"])
                 if obj["name"] not in category_ids:
                     skipped[obj["name"]] += 1
                     continue
@@ -124,6 +128,7 @@ def voc_to_coco(
                         "difficult": int(obj["difficult"]),
                     }
                 )
+    _check_classes_met(classes, named, root_list, image_set)
     if skipped:
         logger.info("objects left out: %s", dict(skipped))
     return {
@@ -138,6 +143,30 @@ def voc_to_coco(
             {"id": cid, "name": name, "supercategory": "voc"} for name, cid in category_ids.items()
         ],
     }
+
+
+def _check_classes_met(classes: Sequence[str], named: set[str], roots: list[Path], image_set: str) -> None:
+    """Refuse a class that is neither a VOC class nor the name of any object of the set (a typo
+    such as ``dgo`` gave an empty category); warn about VOC classes with no object here.
+
+    Raises:
+        InvalidInputError: listing the names the set's objects have and the VOC classes.
+    """
+    missing = [name for name in classes if name not in named]
+    unknown = [name for name in missing if name not in VOC_CLASSES]
+    where = f"{'+'.join(r.name for r in roots)} {image_set}"
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, sorted(named | set(VOC_CLASSES)), n=2, cutoff=0.6)
+            hints.append(f"{name!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
+        raise InvalidInputError(
+            f"Unknown class{'es' if len(unknown) > 1 else ''} {'; '.join(hints)}: no object of {where} is "
+            f"named so. Its objects are named: {', '.join(sorted(named)) or 'nothing'}; the VOC classes are "
+            f"{', '.join(VOC_CLASSES)}.{split_hint(unknown)}"
+        )
+    if missing:
+        logger.warning("no object of %s in %s", ", ".join(missing), where)
 
 
 def _as_roots(roots: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:

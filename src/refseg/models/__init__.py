@@ -14,12 +14,13 @@ from .base import Encoder, EncoderIdentity, Proposals, Proposer
 if TYPE_CHECKING:
     from .dinov2 import Dinov2Encoder
     from .loading import load_encoder, load_proposer, resolve_device, resolve_dtype
-    from .sam2 import Sam2ImageEmbedding, Sam2Proposer
+    from .sam2 import Sam2ImageEmbedding, Sam2Options, Sam2Proposer
 
 _LAZY = {
     "Dinov2Encoder": ".dinov2",
     "Sam2Proposer": ".sam2",
     "Sam2ImageEmbedding": ".sam2",
+    "Sam2Options": ".sam2",
     "load_encoder": ".loading",
     "load_proposer": ".loading",
     "resolve_device": ".loading",
@@ -33,6 +34,7 @@ __all__ = [
     "Proposals",
     "Proposer",
     "Sam2ImageEmbedding",
+    "Sam2Options",
     "Sam2Proposer",
     "load_encoder",
     "load_proposer",

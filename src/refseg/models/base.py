@@ -7,7 +7,7 @@ swap in synthetic models whose answer is known.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -33,17 +33,37 @@ class Proposals:
         return Proposals(self.low_res_logits[index], self.predicted_iou[index], self.points[index])
 
 
+#: The kind of :attr:`EncoderIdentity.fingerprint`: sha256 of the first and last weight tensors,
+#: 16 hex digits (what refseg 0.1.0 computed and wrote; kept so that files stay comparable).
+LEGACY_FINGERPRINT_KIND = "first-last-sha256-16"
+
+
 @dataclass(frozen=True)
 class EncoderIdentity:
-    """What a memory bank must agree on with the encoder that uses it."""
+    """What a memory bank must agree on with the encoder that uses it.
+
+    Attributes:
+        name, revision: where the weights came from (messages; compared only when no
+            fingerprint is shared).
+        input_size: side of the square encoder input.
+        feature_dim: feature size C.
+        fingerprint: a hash of the weights of kind :data:`LEGACY_FINGERPRINT_KIND` (two tensors
+            only), the one refseg 0.1.0 wrote and compares; "" if unknown.
+        fingerprints: further ``(kind, hex digest)`` pairs, e.g. ``("all-weights-sha256-v1",
+            ...)`` (:func:`refseg.models.dinov2.weights_fingerprints`). Kinds are compared like
+            with like (:meth:`mismatch`).
+    """
 
     name: str
     revision: str
     input_size: int
     feature_dim: int
-    fingerprint: str = ""  # hash of some weights: same model from hub id or local dir agrees
+    fingerprint: str = ""  # LEGACY_FINGERPRINT_KIND: same model from hub id or local dir agrees
+    fingerprints: tuple[tuple[str, str], ...] = ()
 
     def as_dict(self) -> dict[str, object]:
+        """The fields refseg 0.1.0 reads (its file's ``encoder`` entry); see :attr:`fingerprints`
+        for the rest."""
         return {
             "name": self.name,
             "revision": self.revision,
@@ -52,15 +72,31 @@ class EncoderIdentity:
             "fingerprint": self.fingerprint,
         }
 
+    def fingerprints_by_kind(self) -> dict[str, str]:
+        """Every known fingerprint, kind -> hex digest (the legacy one included)."""
+        found = {kind: digest for kind, digest in self.fingerprints if digest}
+        if self.fingerprint:
+            found.setdefault(LEGACY_FINGERPRINT_KIND, self.fingerprint)
+        return found
+
     def mismatch(self, other: EncoderIdentity) -> str | None:
-        """Why features of ``self`` and ``other`` cannot be compared, or None if they can."""
+        """Why features of ``self`` and ``other`` cannot be compared, or None if they can.
+
+        Fingerprints are compared kind by kind, for the kinds both sides know: one differing
+        kind is a mismatch. A file of refseg 0.1.0 knows only the legacy kind (two tensors), so
+        against it only those two tensors are compared; a file written since also records
+        the hash of all weights, and an encoder with any weight changed is refused.
+        """
         if self.feature_dim != other.feature_dim:
             return f"feature size {self.feature_dim} vs {other.feature_dim}"
         if self.input_size != other.input_size:
             return f"input size {self.input_size} vs {other.input_size}"
-        if self.fingerprint and other.fingerprint:
-            if self.fingerprint != other.fingerprint:
-                return f"different weights ({self.name} vs {other.name})"
+        mine, theirs = self.fingerprints_by_kind(), other.fingerprints_by_kind()
+        shared = sorted(mine.keys() & theirs.keys())
+        if shared:
+            differing = [kind for kind in shared if mine[kind] != theirs[kind]]
+            if differing:
+                return f"different weights ({self.name} vs {other.name}; {', '.join(differing)} differ)"
             return None
         if self.name != other.name:
             return f"encoder {self.name} vs {other.name}"
@@ -69,24 +105,41 @@ class EncoderIdentity:
 
 @runtime_checkable
 class Proposer(Protocol):
-    """Makes mask proposals (SAM2)."""
+    """Makes mask proposals (SAM2), predictor-style: :meth:`embed` a picture once, then decode
+    any number of prompts against the embedding it returned (as segment-anything's
+    ``SamPredictor``: ``set_image``, then ``predict``).
 
-    image_size: int  # side of the square input, 1024 for SAM2
+    The embedding is whatever :meth:`embed` returns; callers keep it and hand it back,
+    never look inside. Every coordinate is in the proposer's S x S input space, as handed to
+    the prompt encoder (which adds its own half-pixel shift).
+    """
 
-    def propose(
+    image_size: int  # side S of the square input, 1024 for SAM2
+
+    def embed(self, image: torch.Tensor) -> Any:
+        """Run the image encoder once.
+
+        Args:
+            image: (3, S, S) float32 in [0, 1], S = ``image_size`` (not normalised).
+
+        Returns:
+            The picture's embedding, for any number of decode calls.
+        """
+        ...
+
+    def decode_points(
         self,
-        image: torch.Tensor,
+        embedding: Any,
         points: torch.Tensor,
         *,
         batch_size: int,
         iou_threshold: float,
     ) -> Proposals:
-        """Decode one single-point positive prompt per point.
+        """Decode one single-point positive prompt per point (the proposal grid).
 
         Args:
-            image: (3, S, S) float32 in [0, 1], S = ``image_size`` (not normalised).
-            points: (P, 2) float32 (x, y) prompt coordinates in S-space, as handed to the
-                prompt encoder (which adds its own half-pixel shift).
+            embedding: from :meth:`embed`.
+            points: (P, 2) float32 (x, y) prompt coordinates in S-space.
             batch_size: prompts per decoder call (compute only).
             iou_threshold: keep proposals whose best predicted IoU is > this.
 
@@ -96,15 +149,37 @@ class Proposer(Protocol):
         """
         ...
 
-    def masks_from_boxes(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """Instance masks from box prompts.
+    def decode_boxes(self, embedding: Any, boxes: torch.Tensor) -> torch.Tensor:
+        """One object per box prompt.
 
         Args:
-            image: (3, S, S) float32 in [0, 1].
+            embedding: from :meth:`embed`.
             boxes: (K, 4) float32 xyxy in S-space.
 
         Returns:
             (K, 256, 256) float32 low-resolution mask logits (single-mask output).
+        """
+        ...
+
+    def decode_prompts(
+        self,
+        embedding: Any,
+        points: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        box: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, float]:
+        """One object from positive/negative points and/or one box, as SAM2's own predictor
+        answers it: a single point without a box gives the best of the three multimask outputs
+        by predicted IoU, any other prompt the single-mask output.
+
+        Args:
+            embedding: from :meth:`embed`.
+            points: (P, 2) float32 (x, y) in S-space, or None.
+            labels: (P,) 1 (object) or 0 (not the object); None means all 1.
+            box: (4,) float32 xyxy in S-space, or None. Points or a box (or both) are needed.
+
+        Returns:
+            (256, 256) float32 low-resolution logits and their predicted IoU.
         """
         ...
 

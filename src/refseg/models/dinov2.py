@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import torch
 from transformers import Dinov2Model, Dinov2WithRegistersModel
 
 from ..errors import InvalidInputError
 from .base import EncoderIdentity
-from .sam2 import autocast_context, imagenet_normalize
+from .inputs import autocast_context, imagenet_normalize
 
 
 class Dinov2Encoder:
@@ -57,6 +58,7 @@ class Dinov2Encoder:
             input_size=int(input_size),
             feature_dim=int(model.config.hidden_size),
             fingerprint=weights_fingerprint(self.model),
+            fingerprints=((ALL_WEIGHTS_FINGERPRINT_KIND, all_weights_fingerprint(self.model)),),
         )
 
     def __repr__(self) -> str:
@@ -89,11 +91,36 @@ class Dinov2Encoder:
         return features.float().contiguous().cpu()
 
 
+#: The kind of :func:`all_weights_fingerprint` (recorded beside the digest in memory files).
+ALL_WEIGHTS_FINGERPRINT_KIND = "all-weights-sha256-v1"
+
+
 def weights_fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of the first and last weight tensors: the same model loaded from a hub id or
-    from a local copy agrees, another model does not (memory banks check it)."""
+    """The legacy fingerprint (kind :data:`~refseg.models.base.LEGACY_FINGERPRINT_KIND`): a short
+    hash of the first and last weight tensors only, as refseg 0.1.0 wrote it. Still computed, so
+    files that record only this kind are compared like with like; :func:`all_weights_fingerprint`
+    is the one that notices any changed weight."""
     parameters = list(model.parameters())
     digest = hashlib.sha256()
     for tensor in (parameters[0], parameters[-1]):
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def all_weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of every tensor of the model's state dict (kind :data:`ALL_WEIGHTS_FINGERPRINT_KIND`).
+
+    In state-dict order, each tensor contributes its name, its shape and its values as float32
+    little-endian bytes, so the same weights agree whether loaded from a hub id or a local copy,
+    and any changed value, shape or name does not. Cost: one pass over the weights
+    (``benchmarks/bench_fingerprint.py`` measures it on a DINOv2-L).
+
+    Returns:
+        64 hex digits.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        values = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(values.shape)};".encode())
+        digest.update(memoryview(np.ascontiguousarray(values.numpy().reshape(-1), dtype="<f4")).cast("B"))
+    return digest.hexdigest()

@@ -3,10 +3,17 @@
 Every way the weights can be out of reach (no network and not cached, a wrong id, a
 directory without weights, corrupt files) ends in one :class:`WeightsUnavailableError`
 whose message names the model and says how to use a local copy.
+
+A checkpoint never runs code of its own: its ``config.json`` is read as plain json first and
+a ``model_type`` other than the ones refseg knows is refused before transformers sees the
+folder, and every transformers call passes ``trust_remote_code=False`` (a folder holding
+``.py`` files and an ``auto_map`` would otherwise make transformers ask on a terminal whether
+to run them).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -30,7 +37,8 @@ from transformers import (
 
 from ..errors import InvalidInputError, WeightsUnavailableError
 from .dinov2 import Dinov2Encoder
-from .sam2 import DecoderName, EncoderName, Sam2Proposer
+from .lazy import LazyProposer
+from .sam2 import DecoderName, EncoderName, Sam2Options, Sam2Proposer
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +100,11 @@ class _ModelKind:
     label: str  # "SAM2"
     option: str  # CLI flag / Python argument that takes the id or directory
     example_id: str
+    model_types: tuple[str, ...]  # the config.json model_type values refseg loads
 
 
-_SAM2 = _ModelKind("SAM2", "sam2", "facebook/sam2-hiera-large")
-_DINOV2 = _ModelKind("DINOv2", "encoder", "facebook/dinov2-large")
+_SAM2 = _ModelKind("SAM2", "sam2", "facebook/sam2-hiera-large", ("sam2", "sam2_video"))
+_DINOV2 = _ModelKind("DINOv2", "encoder", "facebook/dinov2-large", ("dinov2", "dinov2_with_registers"))
 
 
 @dataclass(frozen=True)
@@ -183,8 +192,32 @@ def _cached_or_downloaded_config(repo_id: str, revision: str | None) -> Path:
     return Path(hf_hub_download(repo_id, "config.json", revision=revision))
 
 
+def _model_type(kind: _ModelKind, id_or_dir: str, config_file: Path, *, is_local: bool) -> str:
+    """The ``model_type`` of a config.json read as plain json, refused unless ``kind`` knows it.
+
+    Raises:
+        WeightsUnavailableError: the file is not a json object.
+        InvalidInputError: another model type (or none): refseg runs no checkpoint's own code.
+    """
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise _unavailable(
+            kind, id_or_dir, f"its config.json is unreadable: {error}", is_local=is_local
+        ) from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in kind.model_types:
+        raise InvalidInputError(
+            f"'{id_or_dir}' is a {model_type!r} model, not {kind.label} (refseg loads "
+            f"{' or '.join(kind.model_types)} checkpoints and runs no code of a checkpoint's own); pass a "
+            f"{kind.label} checkpoint such as {kind.example_id} to --{kind.option}."
+        )
+    return str(model_type)
+
+
 def _locate(kind: _ModelKind, id_or_dir: str | os.PathLike, revision: str | None) -> _Checkpoint:
-    """Find the checkpoint's config (downloading it if needed) and name its version."""
+    """Find the checkpoint's config (downloading it if needed), check its model type and name
+    its version."""
     text = os.fspath(id_or_dir)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -192,6 +225,7 @@ def _locate(kind: _ModelKind, id_or_dir: str | os.PathLike, revision: str | None
             raise _unavailable(kind, text, "the directory has no config.json", is_local=True)
         source, name, is_local = str(path), path.resolve().name, True
         resolved_revision = revision or "local"
+        config_file = path / "config.json"
     elif _looks_like_path(text):
         reason = "a file, not a directory" if path.exists() else "no such directory"
         raise _unavailable(kind, text, reason, is_local=True)
@@ -205,8 +239,11 @@ def _locate(kind: _ModelKind, id_or_dir: str | os.PathLike, revision: str | None
         # The cache stores files under .../snapshots/<commit hash>/.
         in_snapshot = config_file.parent.parent.name == "snapshots"
         resolved_revision = config_file.parent.name if in_snapshot else (revision or "unknown")
+    _model_type(kind, text, config_file, is_local=is_local)
     try:
-        config = AutoConfig.from_pretrained(source, revision=None if is_local else resolved_revision)
+        config = AutoConfig.from_pretrained(
+            source, revision=None if is_local else resolved_revision, trust_remote_code=False
+        )
     except _LOAD_ERRORS as error:
         raise _unavailable(
             kind, text, f"its config.json is unreadable: {error}", is_local=is_local
@@ -225,6 +262,7 @@ def _from_pretrained(
             revision=None if checkpoint.is_local else checkpoint.revision,
             dtype=torch.float32,
             output_loading_info=True,
+            trust_remote_code=False,
         )
     except _LOAD_ERRORS as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -273,7 +311,9 @@ def load_proposer(
     revision: str | None = None,
     decoder: DecoderName = "fast",
     encoder: EncoderName = "lean",
-) -> Sam2Proposer:
+    options: Sam2Options | None = None,
+    lazy: bool = False,
+) -> Sam2Proposer | LazyProposer:
     """A :class:`Sam2Proposer` from a hub id (``facebook/sam2-hiera-large``) or a directory.
 
     Args:
@@ -283,24 +323,33 @@ def load_proposer(
         revision: hub branch, tag or commit (ignored for directories).
         decoder: "fast" or "stock" point decoder (same outputs).
         encoder: "lean" or "stock" Hiera forward (same outputs; lean uses less memory).
+        options: how the fast decoder and the lean encoder split their work (same outputs).
+        lazy: check the checkpoint now (its config), load the weights on first use
+            (:class:`~refseg.models.lazy.LazyProposer`): work that never prompts SAM2 never
+            loads it.
 
     Raises:
-        WeightsUnavailableError: the weights cannot be reached or read.
+        WeightsUnavailableError: the weights cannot be reached or read (with ``lazy``: the
+            config now, the weights at first use).
         InvalidInputError: the checkpoint is not a SAM2 model, or a bad device/dtype.
     """
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     text = os.fspath(id_or_dir)
     checkpoint = _locate(_SAM2, text, revision)
-    model_type = checkpoint.config.model_type
-    if model_type not in ("sam2", "sam2_video"):
-        raise InvalidInputError(
-            f"'{text}' is a '{model_type}' model, not SAM2; pass a SAM2 checkpoint such as "
-            f"{_SAM2.example_id} to --{_SAM2.option}."
+
+    def build() -> Sam2Proposer:
+        model = _from_pretrained(_SAM2, text, checkpoint, Sam2Model, sam2_config_from(checkpoint.config))
+        return Sam2Proposer(
+            model,
+            device=torch_device,
+            dtype=torch_dtype,
+            decoder=decoder,
+            encoder=encoder,
+            options=options,
+            name=checkpoint.name,
         )
-    model = _from_pretrained(_SAM2, text, checkpoint, Sam2Model, sam2_config_from(checkpoint.config))
-    return Sam2Proposer(
-        model, device=torch_device, dtype=torch_dtype, decoder=decoder, encoder=encoder, name=checkpoint.name
-    )
+
+    return LazyProposer(build, checkpoint.name) if lazy else build()
 
 
 def load_encoder(
@@ -332,13 +381,8 @@ def load_encoder(
         "dinov2": Dinov2Model,
         "dinov2_with_registers": Dinov2WithRegistersModel,
     }
-    model_type = checkpoint.config.model_type
-    if model_type not in model_classes:
-        raise InvalidInputError(
-            f"'{text}' is a '{model_type}' model, not DINOv2; pass a DINOv2 checkpoint such as "
-            f"{_DINOV2.example_id} to --{_DINOV2.option}."
-        )
-    model = _from_pretrained(_DINOV2, text, checkpoint, model_classes[model_type], checkpoint.config)
+    model_class = model_classes[checkpoint.config.model_type]
+    model = _from_pretrained(_DINOV2, text, checkpoint, model_class, checkpoint.config)
     return Dinov2Encoder(
         model,
         name=checkpoint.name,

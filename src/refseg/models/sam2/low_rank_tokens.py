@@ -5,7 +5,7 @@ each, 4 MiB) from the first block on: block l adds a low-rank term to them and a
 LayerNorm. Whatever the decoder does with these tokens afterwards is either a projection
 followed by a dot product with a few token vectors (attention scores), an attention-weighted
 sum (pooled values), a LayerNorm's statistics, or the first upscaling convolution (done
-through the same chain by :class:`refseg.models.fast_decoder._Conv1Chain`). Each of these can
+through the same chain by :class:`refseg.models.sam2.image_context.Conv1Chain`). Each of these can
 be computed from a compact description of the tokens instead of the tokens themselves.
 
 With ``X`` the image tokens shared by all prompts and the centring ``c(u) = u - mean(u) 1``,

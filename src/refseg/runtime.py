@@ -1,20 +1,25 @@
-"""glibc malloc tuning for CPU inference: reuse freed memory within a stage, return it between.
+"""Process-wide settings for CPU inference, chosen by the program that runs refseg.
 
-PyTorch's CPU tensors come from the C library's ``malloc``. glibc serves blocks above its mmap
-threshold (at most 32 MiB) with fresh ``mmap`` calls and unmaps them on ``free``, so every
-new large temporary is page-faulted and zeroed by the kernel on first touch. SAM2's point
-decoder allocates and frees tens-of-MiB temporaries hundreds of times per image: with
-retention off (``REFSEG_RETAIN_FREED_MEMORY=0``) the stage benchmark's paper decode took 22.9 s
-instead of 16.1 s, the fast preset's 5.7 s instead of 4.3 s (docs/speed.md).
+refseg's library code sets nothing process-wide: importing it, building a proposer or calling
+``Segmenter.predict`` leave the environment, the C library's allocator and torch alone. A
+program that runs refseg (the ``refseg`` command, a benchmark, a server) chooses here:
 
-- :func:`retain_freed_memory` (once per process, before the first heavy stage) raises the
-  mmap and trim thresholds so freed blocks stay in the heap and are reused.
+- :func:`prefer_huge_pages`: torch's 2 MiB transparent huge pages for large CPU tensors
+  (``THP_MEM_ALLOC_ENABLE=1``), read by torch once when it is imported, so only effective
+  when called before torch is. Fewer page faults when big temporaries come and go.
+- :func:`retain_freed_memory` (once per process, before the first heavy stage): glibc keeps
+  freed large blocks in the heap for reuse instead of unmapping them. PyTorch's CPU tensors
+  come from ``malloc``; blocks above glibc's mmap threshold would be fresh ``mmap`` calls,
+  page-faulted and zeroed by the kernel on first touch, and SAM2's point decoder allocates and
+  frees tens-of-MiB temporaries hundreds of times per image.
 - :func:`release_freed_memory` (``malloc_trim``) hands the free heap memory back to the
-  kernel; the segmenter calls it between stages and after each image, so resident memory
-  follows the stage in progress instead of the largest stage so far.
+  kernel. Given to :class:`refseg.Segmenter` as ``between_stages``, it runs between SAM2, DINOv2
+  and matching and after each image, so resident memory follows the stage in progress
+  instead of the largest stage so far.
+- :func:`tune_cpu_memory`: the first two, what the ``refseg`` command does at start.
 
-Both act on the whole process, only on Linux with glibc, and do nothing when
-:data:`RETAIN_FREED_MEMORY` is false.
+Retention and trimming act only on Linux with glibc, and not at all when the environment
+says ``REFSEG_RETAIN_FREED_MEMORY=0``. docs/speed.md has what each of them measured.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import sys
 
 logger = logging.getLogger(__name__)
 
+HUGE_PAGES_VARIABLE = "THP_MEM_ALLOC_ENABLE"
 # REFSEG_RETAIN_FREED_MEMORY=0 (or 1) in the environment decides at import; the default is on.
 RETAIN_FREED_MEMORY = os.environ.get("REFSEG_RETAIN_FREED_MEMORY", "1").strip() not in (
     "0",
@@ -40,6 +46,21 @@ _M_TRIM_THRESHOLD = -1  # glibc mallopt parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
 _malloc_tuned: bool | None = None  # None: not tried yet; then whether glibc accepted it
 _libc: ctypes.CDLL | None = None
+
+
+def prefer_huge_pages() -> bool:
+    """Ask torch for 2 MiB transparent huge pages for large CPU tensors, if it is not imported yet.
+
+    Sets ``THP_MEM_ALLOC_ENABLE=1`` in this process's environment unless the user set it
+    (their value wins). torch reads it once, when it is imported, so after that nothing is set.
+
+    Returns:
+        Whether torch will use huge pages (the variable is "1" and torch is not imported yet).
+    """
+    if "torch" in sys.modules:
+        logger.debug("torch is already imported: %s left as it is", HUGE_PAGES_VARIABLE)
+        return False
+    return os.environ.setdefault(HUGE_PAGES_VARIABLE, "1") == "1"
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -95,3 +116,15 @@ def release_freed_memory() -> bool:
         return False
     _libc.malloc_trim(0)
     return True
+
+
+def tune_cpu_memory() -> bool:
+    """The ``refseg`` command's memory policy: :func:`prefer_huge_pages` (when torch is not
+    imported yet) and :func:`retain_freed_memory`. Pass :func:`release_freed_memory` to the
+    segmenter as ``between_stages`` so the retained memory is handed back between stages.
+
+    Returns:
+        Whether freed memory is now retained.
+    """
+    prefer_huge_pages()
+    return retain_freed_memory()
