@@ -18,7 +18,6 @@ from pathlib import Path
 import dumpformat as fmt
 import numpy as np
 import torch
-import variants
 from compare import cosine, mask_iou
 
 from refseg import matching
@@ -42,16 +41,14 @@ def main() -> None:
     ref = fmt.load_npz(args.dump / f"target_{args.image_id}.npz")
     ref_masks = fmt.decode_masks(ref["prompt_mask_rle"], (256, 256))
     out: dict = {"image_id": args.image_id, "sam2": {}, "dinov2": {}}
-    squares = {"torch": proposer_input(pixels, 1024), "pil": variants._proposer_input_pil(pixels, 1024)}
+    squares = {resize: proposer_input(pixels, 1024, resize) for resize in ("torch", "pil")}
     proposer = load_proposer(args.sam2, device="cpu")
-    no_mem = proposer.model.no_memory_embedding.detach().clone()
-    points = matching.point_grid(32, 1024)
+    points = matching.point_grid(32, 1024)  # x fastest: the dump format's canonical order
     for resize, square in squares.items():
         for add in (True, False):
-            with torch.no_grad():
-                proposer.model.no_memory_embedding.copy_(no_mem if add else torch.zeros_like(no_mem))
             with torch.inference_mode():
-                props = proposer.decode(proposer.embed(square[0]), points, batch_size=64, iou_threshold=-1.0)
+                embedding = proposer.embed(square[0], no_memory_embedding=add)
+                props = proposer.decode_points(embedding, points, batch_size=64, iou_threshold=-1.0)
             iou = mask_iou((props.low_res_logits > 0).numpy(), ref_masks)
             d = np.abs(props.predicted_iou.numpy() - ref["prompt_iou"])
             key = f"resize={resize} no_mem_embed={'added' if add else 'not added'}"
@@ -66,11 +63,7 @@ def main() -> None:
     ref_feats = ref["features_sample"].astype(np.float32).reshape(ref["features_sample"].shape[0], -1).T
     for resize, square in squares.items():
         for dino in ("antialias+clamp", "plain"):
-            x = (
-                encoder_input(square, 518)
-                if dino == "antialias+clamp"
-                else variants._encoder_input_plain(square, 518)
-            )
+            x = encoder_input(square, 518, antialias=dino == "antialias+clamp")
             with torch.inference_mode():
                 f = encoder.encode(x)[0].numpy()
             s = f[:, :: fmt.FEATURE_STRIDE, :: fmt.FEATURE_STRIDE].reshape(f.shape[0], -1).T

@@ -27,16 +27,18 @@ from pathlib import Path
 import dumpformat as fmt
 import numpy as np
 import torch
-import variants
 
 from refseg import matching
 from refseg.data.images import load_image
 from refseg.data.sampling import sample_references
 from refseg.evaluate import evaluate
-from refseg.memory import context_crop_box, decode_mask, mask_box, reference_inputs
+from refseg.instances import Instances
+from refseg.masks import decode_mask, masks_to_boxes_inclusive
+from refseg.models.inputs import imagenet_normalize
 from refseg.models.loading import load_encoder, load_proposer
-from refseg.models.sam2 import imagenet_normalize
 from refseg.preprocess import encoder_input, proposer_input
+from refseg.reference_features import context_crop_box, crop_centre_box, pool_reference, reference_inputs
+from refseg.references import annotation_box
 from refseg.segmenter import Segmenter
 
 CHECK = True  # run add_reference / predict too and assert the dump equals them (--no-check: half the time)
@@ -48,25 +50,29 @@ def dump_references(seg: Segmenter, refs: dict, root: Path, out: Path) -> None:
     names = {int(c["id"]): c["name"] for c in refs["categories"]}
     size = seg.encoder.identity.input_size
     grid = size // seg.encoder.patch_size
+    s = seg.settings
     for ann in refs["annotations"]:
-        variants.STATE["annotation"] = ann
         info = images[int(ann["image_id"])]
         pixels = load_image(root / info["file_name"])
         mask = decode_mask(ann["segmentation"], pixels.shape[:2])
-        crop, soft = reference_inputs(pixels, mask, size, seg.settings.context_ratio)
+        box = annotation_box(ann)  # what add_coco_references hands add_reference with the mask
+        crop, soft = reference_inputs(
+            pixels, mask, size, s.context_ratio, box=box, convention=s.reference_crop
+        )
         with torch.inference_mode():
             features = seg.encoder.encode(crop[None])[0].float().cpu()
         w37 = torch.nn.functional.interpolate(soft[None, None], size=(grid, grid), mode="nearest")[0, 0]
-        feature = matching_pool(features, soft)
+        feature = pool_reference(features, soft)
         if CHECK:
-            seg.add_reference(pixels, names[int(ann["category_id"])], mask=mask)
+            seg.add_reference(pixels, names[int(ann["category_id"])], mask=mask, box=box)
             assert torch.equal(seg.memory.reference_features[-1], feature), "dump and add_reference differ"
         else:
-            seg.memory.add(feature, names[int(ann["category_id"])])
+            seg.memory.add(feature, names[int(ann["category_id"])], reference_crop=s.reference_crop)
+        centre = crop_centre_box(mask, box, s.reference_crop)
         ids.append(int(ann["id"]))
         cats.append(int(ann["category_id"]))
-        boxes.append(mask_box(mask))
-        crop_boxes.append(context_crop_box(mask_box(mask), pixels.shape[:2], seg.settings.context_ratio))
+        boxes.append(centre)
+        crop_boxes.append(context_crop_box(centre, pixels.shape[:2], s.context_ratio, s.reference_crop))
         enc_stats.append(fmt.channel_stats(crop.numpy()))
         soft_sums.append(float(soft.sum()))
         weights.append(w37.numpy().astype(np.float16))
@@ -84,12 +90,6 @@ def dump_references(seg: Segmenter, refs: dict, root: Path, out: Path) -> None:
     )
 
 
-def matching_pool(features: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
-    from refseg.memory import pool_reference
-
-    return pool_reference(features, soft)
-
-
 def dump_target(seg: Segmenter, path: Path, image_id: int, category_ids: list[int], out: Path) -> list[dict]:
     s = seg.settings
     pixels = load_image(path)
@@ -97,22 +97,24 @@ def dump_target(seg: Segmenter, path: Path, image_id: int, category_ids: list[in
     prototypes = seg.memory.prototypes()
     proposer = seg.proposer
     with torch.inference_mode():
-        square = proposer_input(pixels, proposer.image_size)
-        embedding = proposer.embed(square[0])
-        points = matching.point_grid(s.points_per_side, proposer.image_size)
-        # every prompt: the three multimask outputs, as the proposer's decoder computes them
-        everything = proposer.decode(embedding, points, batch_size=s.points_batch_size, iou_threshold=-1.0)
+        square = proposer_input(pixels, proposer.image_size, s.proposer_resize)
+        embedding = proposer.embed(square[0], no_memory_embedding=s.no_memory_embedding)
+        points = matching.point_grid(s.points_per_side, proposer.image_size, s.grid_order)
+        # every prompt: the best of its three multimask outputs, as the proposer's decoder computes them
+        everything = proposer.decode_points(
+            embedding, points, batch_size=s.points_batch_size, iou_threshold=-1.0
+        )
         all_iou = everything.predicted_iou
         keep = all_iou > s.iou_threshold
         proposals = everything.select(keep.nonzero().squeeze(1))
-        dino_in = encoder_input(square, seg.encoder.identity.input_size)
+        dino_in = encoder_input(square, seg.encoder.identity.input_size, antialias=s.encoder_antialias)
         features = seg.encoder.encode(dino_in)[0].float().cpu()
         logits = proposals.low_res_logits.float().cpu()
         binary = logits > 0
         obj = matching.pool_object_features(features, binary)
         scores, labels = matching.score_proposals(obj, prototypes)
         nms = matching.batched_nms(
-            matching.masks_to_boxes(binary), proposals.predicted_iou, labels, s.nms_threshold
+            masks_to_boxes_inclusive(binary), proposals.predicted_iou, labels, s.nms_threshold
         )
         capped = nms[: s.max_candidates]
         positive = capped[scores[capped] > 0]
@@ -127,21 +129,28 @@ def dump_target(seg: Segmenter, path: Path, image_id: int, category_ids: list[in
             merge_exponent=s.merge_exponent,
             max_instances=s.max_instances,
         )
-        instances = seg.predict(pixels)
-    # the stage dump and predict() agree
-    assert np.array_equal(instances.masks, result.masks.numpy()) and np.array_equal(
-        instances.scores, result.scores.numpy()
-    )
+        instances = seg.predict(pixels) if CHECK else None
+    if instances is not None:  # the stage dump and predict() agree
+        assert np.array_equal(instances.masks, result.masks.numpy()) and np.array_equal(
+            instances.scores, result.scores.numpy()
+        )
+    else:
+        instances = Instances(
+            masks=result.masks.numpy(),
+            boxes=result.boxes.numpy().astype(np.float32),
+            scores=result.scores.numpy(),
+            labels=result.labels.numpy(),
+            class_names=seg.memory.class_names,
+        )
     step = (proposer.image_size - 1) / (s.points_per_side - 1)
     cells = np.rint((points.numpy() - 0.5) / step).astype(np.int64)
     prompt_ids = cells[:, 1] * s.points_per_side + cells[:, 0]  # canonical id of each prompt
     canonical = np.argsort(prompt_ids)
     survivors = prompt_ids[np.flatnonzero(keep.numpy())]
-    if "boxes_inclusive" in variants.STATE["active"]:
-        instances.boxes = instances.boxes.copy()
-        instances.boxes[:, 2:] -= 1.0
-        result.boxes = result.boxes.clone()  # an inference-mode tensor: no in-place update
-        result.boxes[:, 2:] -= 1.0
+    # boxes as the program reports them: refseg's COCO output convention (inclusive in paper)
+    reported_boxes = result.boxes.numpy().astype(np.float64)
+    if s.box_convention == "inclusive":
+        reported_boxes[:, 2:] -= 1.0
     cat = np.array(category_ids)
     proj = fmt.projection(features.shape[0])
     emb = embedding.image_embeddings[0].float().cpu().numpy()
@@ -171,11 +180,26 @@ def dump_target(seg: Segmenter, path: Path, image_id: int, category_ids: list[in
         final_prompt=survivors[result.indices.numpy()],
         final_labels=cat[result.labels.numpy()],
         final_scores=result.scores.numpy(),
-        final_boxes=result.boxes.numpy().astype(np.float64),
+        final_boxes=reported_boxes,
         final_mask_rle=fmt.encode_masks(result.masks.numpy()),
     )
     ids = {name: cid for name, cid in zip(seg.memory.class_names, category_ids, strict=True)}
-    return instances.to_coco(image_id, ids)
+    return instances.to_coco(image_id, ids, box_convention=s.box_convention)
+
+
+def parse_overrides(items: list[str]) -> dict[str, object]:
+    """``["grid_order=x-fastest", "encoder_antialias=true"]`` -> Preset overrides."""
+    overrides: dict[str, object] = {}
+    for item in items:
+        name, _, text = item.partition("=")
+        value: object = {"true": True, "false": False}.get(text.lower(), text)
+        if isinstance(value, str):
+            try:
+                value = float(text) if "." in text else int(text)
+            except ValueError:
+                pass
+        overrides[name] = value
+    return overrides
 
 
 def main() -> None:
@@ -188,7 +212,11 @@ def main() -> None:
     ap.add_argument("--shots", type=int, default=5)
     ap.add_argument("--images", type=int, default=0, help="only the first N targets (0: all)")
     ap.add_argument(
-        "--variant", default="", help="measurement only: comma-separated research conventions (variants.py)"
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override one Preset field (e.g. grid_order=x-fastest), to size one convention",
     )
     ap.add_argument("--image-ids", default="", help="only these target image ids (comma-separated)")
     ap.add_argument(
@@ -206,9 +234,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     proposer = load_proposer(args.sam2, device="cpu")
     encoder = load_encoder(args.encoder, device="cpu")
-    seg = Segmenter(proposer, encoder, preset="paper")
-    if args.variant:
-        variants.apply(set(args.variant.split(",")), globals(), proposer)
+    seg = Segmenter(proposer, encoder, preset="paper", **parse_overrides(args.set))
     coco = json.loads((inputs / "references.json").read_text())
     names = [c["name"] for c in coco["categories"]]
     picked = sample_references(coco, names, args.shots, args.seed)
@@ -228,7 +254,9 @@ def main() -> None:
         picked_ids = [a["id"] for a in picked["annotations"]]
         assert [int(i) for i in refs["annotation_ids"]] == picked_ids, "another sample than the reused dump"
         for category_id, feature in zip(refs["category_ids"], refs["features"], strict=True):
-            seg.memory.add(torch.from_numpy(feature), by_id[int(category_id)])
+            seg.memory.add(
+                torch.from_numpy(feature), by_id[int(category_id)], reference_crop=seg.settings.reference_crop
+            )
         shutil.copy(args.references_from / "references.npz", out / "references.npz")
     else:
         dump_references(seg, picked, inputs / "references", out)
@@ -260,6 +288,7 @@ def main() -> None:
         {
             "program": "refseg",
             "preset": "paper",
+            "overrides": args.set,
             "seed": args.seed,
             "shots": args.shots,
             "images": [int(i["id"]) for i in images],

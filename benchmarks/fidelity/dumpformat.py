@@ -74,3 +74,42 @@ def research_to_canonical(n: int = GRID) -> np.ndarray:
         for xi in range(n):
             canonical[yi * n + xi] = xi * n + yi
     return canonical
+
+
+# ----------------------------------------------------------------------------- golden (CI) form
+
+MASK_SAMPLE_STRIDE = 4  # golden per-prompt masks are kept at [::4, ::4] (64 x 64 of 256 x 256)
+SLIM_DROPPED = ("features_projected", "object_features_projected", "prompt_points")
+
+
+def pack_masks(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool -> (N, ceil(H * W / 8)) uint8 (numpy ``packbits``: no pickle to read it)."""
+    masks = np.asarray(masks, dtype=bool)
+    return np.packbits(masks.reshape(len(masks), -1), axis=1)
+
+
+def unpack_masks(packed: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = int(size[0]), int(size[1])
+    return np.unpackbits(packed, axis=1, count=h * w).reshape(len(packed), h, w).astype(bool)
+
+
+def slim_target(target: dict) -> dict:
+    """A target dump in the golden set's form: plain arrays only (loadable without pickle),
+    per-prompt masks sampled at every 4th pixel and bit-packed, final masks bit-packed, the
+    feature projections dropped (the golden test compares the feature sample)."""
+    out = {k: v for k, v in target.items() if k not in SLIM_DROPPED}
+    prompt_masks = decode_masks(out.pop("prompt_mask_rle"), (256, 256))
+    s = MASK_SAMPLE_STRIDE
+    out["prompt_mask_sample"] = pack_masks(prompt_masks[:, ::s, ::s])
+    out["final_masks_packed"] = pack_masks(decode_masks(out.pop("final_mask_rle"), tuple(out["image_size"])))
+    return out
+
+
+def slim_dump(source: Path, out: Path) -> None:
+    """Write ``source``'s dump in the golden form to ``out`` (json files copied as they are)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.iterdir()):
+        if path.name.startswith("target_"):
+            save_npz(out / path.name, **slim_target(load_npz(path)))
+        elif path.suffix in (".npz", ".json"):
+            (out / path.name).write_bytes(path.read_bytes())
