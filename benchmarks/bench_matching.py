@@ -164,12 +164,11 @@ def straightforward_postprocess(
     keep = matching.batched_nms(masks_to_boxes_inclusive(binary), inputs.predicted_iou, labels, nms_threshold)
     keep = keep[:max_candidates]
     keep = keep[scores[keep] > 0]
-    masks = (
-        F.interpolate(logits[keep][:, None], size=inputs.image_size, mode="bilinear", align_corners=False)[
-            :, 0
-        ]
-        > 0
+    # antialiased, as refseg and the research code resize full-size masks (docs/fidelity.md D14)
+    upsampled_masks = F.interpolate(
+        logits[keep][:, None], size=inputs.image_size, mode="bilinear", align_corners=False, antialias=True
     )
+    masks = upsampled_masks[:, 0] > 0
     areas = masks.flatten(1).sum(1)
     keep, masks, areas = keep[areas > 0], masks[areas > 0], areas[areas > 0]
     masks_flat = masks.flatten(1).float()

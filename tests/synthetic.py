@@ -163,7 +163,7 @@ class SyntheticProposer:
         foreground = ((pooled - background) ** 2).sum(0).sqrt() > 40.0
         return [m for m in connected_components(foreground.numpy()) if m.sum() >= self.min_area]
 
-    def embed(self, image: torch.Tensor) -> SyntheticEmbedding:
+    def embed(self, image: torch.Tensor, *, no_memory_embedding: bool = True) -> SyntheticEmbedding:
         self.embed_calls += 1
         return SyntheticEmbedding(self._objects(image))
 

@@ -469,7 +469,11 @@ def reference_postprocess(
         if all(labels[k] != labels[i] or iou(boxes[i], boxes[k]) <= nms_threshold for k in kept):
             kept.append(i)
     kept = [i for i in kept[:max_candidates] if scores[i] > 0]
-    full = F.interpolate(logits[kept][:, None], size=size, mode="bilinear", align_corners=False)[:, 0] > 0
+    # antialiased, as the research code (docs/fidelity.md D14): a downsampling where a side < 256
+    full = F.interpolate(
+        logits[kept][:, None], size=size, mode="bilinear", align_corners=False, antialias=True
+    )
+    full = full[:, 0] > 0
     nonempty = [a for a in range(len(kept)) if full[a].any()]
     kept = [kept[a] for a in nonempty]
     full = full[nonempty]

@@ -76,6 +76,7 @@ class Instances:
         self,
         image_id: int,
         category_ids: Mapping[str, int] | Sequence[int] | None = None,
+        box_convention: str = "exclusive",
     ) -> list[dict]:
         """COCO result dicts (what ``COCO.loadRes`` takes).
 
@@ -83,11 +84,18 @@ class Instances:
             image_id: the image's id in the ground-truth file.
             category_ids: class name -> category id, or a sequence indexed by label. Default:
                 label + 1.
+            box_convention: ``"exclusive"``: bbox from the exclusive boxes (a one-pixel mask
+                is 1 wide, as pycocotools' ``toBbox``); ``"inclusive"``: x2, y2 the last mask
+                column / row, width x2 - x1, as the research code wrote the results the paper's
+                bbox AP was computed on (``paper``: :attr:`refseg.presets.Preset.box_convention`).
 
         Returns:
             One dict per instance: image_id, category_id, bbox (x, y, w, h), score and
             segmentation (compressed RLE with a utf-8 ``counts`` string).
         """
+        if box_convention not in ("exclusive", "inclusive"):
+            raise ValueError(f"box_convention must be 'exclusive' or 'inclusive', not {box_convention!r}")
+        shrink = 1.0 if box_convention == "inclusive" else 0.0
         results = []
         if len(self) == 0:
             return results
@@ -104,7 +112,7 @@ class Instances:
                 {
                     "image_id": int(image_id),
                     "category_id": category_id,
-                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "bbox": [x1, y1, x2 - shrink - x1, y2 - shrink - y1],
                     "score": float(self.scores[i]),
                     "segmentation": rle,
                 }

@@ -41,19 +41,27 @@ _POOL_CHUNK = 128
 # ---------------------------------------------------------------------------- grid (section 2)
 
 
-def point_grid(points_per_side: int, image_size: int = 1024) -> torch.Tensor:
+def point_grid(points_per_side: int, image_size: int = 1024, order: str = "x-fastest") -> torch.Tensor:
     """The regular prompt grid, in the proposer's input pixels.
 
     On each axis ``points_per_side`` evenly spaced values from 0 to ``image_size - 1``, plus
     0.5; these are handed to SAM2's prompt encoder as they are.
 
+    Args:
+        order: ``"x-fastest"`` (row-major: x varies fastest) or ``"x-slowest"`` (column-major,
+            the research code's ``meshgrid`` order, :attr:`refseg.presets.Preset.grid_order`).
+            Same points; only exact ties in NMS and in the final ranking see the order.
+
     Returns:
-        (P, 2) float32 (x, y), P = points_per_side ** 2, row-major: x varies fastest.
+        (P, 2) float32 (x, y), P = points_per_side ** 2.
     """
     if points_per_side < 1:
         raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
+    if order not in ("x-fastest", "x-slowest"):
+        raise ValueError(f"order must be 'x-fastest' or 'x-slowest', not {order!r}")
     axis = torch.linspace(0, image_size - 1, points_per_side, dtype=torch.float32) + 0.5
-    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+    slow, fast = torch.meshgrid(axis, axis, indexing="ij")
+    xs, ys = (fast, slow) if order == "x-fastest" else (slow, fast)
     return torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1)
 
 
@@ -281,18 +289,29 @@ def batched_nms(
 # ---------------------------------------------------------------------------- full-size masks
 
 
-def _upsampled_chunks(low_res_logits: torch.Tensor, size: tuple[int, int]):
-    """Yield (start, (n_c, H, W) bool) chunks of the thresholded bilinear upsampling."""
+def _upsampled_chunks(low_res_logits: torch.Tensor, size: tuple[int, int], antialias: bool = True):
+    """Yield (start, (n_c, H, W) bool) chunks of the thresholded bilinear resize.
+
+    Antialiased by default, as the research code: identical to plain bilinear where the mask
+    is enlarged (every side of an image >= the low-resolution side, 256), a proper
+    downsampling where a side is smaller."""
     height, width = size
     step = max(1, _UPSAMPLE_CHUNK_ELEMENTS // max(1, height * width))
     for start in range(0, low_res_logits.shape[0], step):
         logits = low_res_logits[start : start + step, None].float()
-        upsampled = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+        upsampled = F.interpolate(
+            logits, size=(height, width), mode="bilinear", align_corners=False, antialias=antialias
+        )
         yield start, upsampled[:, 0] > 0
 
 
-def upsample_masks(low_res_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Binary masks at the original size: bilinear upsampling (align_corners=False), > 0.
+def upsample_masks(
+    low_res_logits: torch.Tensor, size: tuple[int, int], *, antialias: bool = True
+) -> torch.Tensor:
+    """Binary masks at the original size: bilinear resize (align_corners=False), > 0.
+
+    ``antialias`` (default, the research code's final masks) matters only where a side of
+    ``size`` is under the low-resolution side; SAM2's own predictor resizes without it.
 
     Works in chunks so only ~128 MiB of float32 is alive at a time besides the output.
 
@@ -307,7 +326,7 @@ def upsample_masks(low_res_logits: torch.Tensor, size: tuple[int, int]) -> torch
     out = torch.zeros(
         (low_res_logits.shape[0], height, width), dtype=torch.bool, device=low_res_logits.device
     )
-    for start, chunk in _upsampled_chunks(low_res_logits, (height, width)):
+    for start, chunk in _upsampled_chunks(low_res_logits, (height, width), antialias):
         out[start : start + len(chunk)] = chunk
     return out
 

@@ -38,6 +38,7 @@ from .memory_file import (
     write_memory_file,
 )
 from .models.base import EncoderIdentity
+from .presets import SETTING_CHOICES
 
 # The reference feature's steps lived here before reference_features.py; still importable from here.
 from .reference_features import context_crop_box, pool_reference, reference_feature, reference_inputs
@@ -59,6 +60,9 @@ __all__ = [
 
 #: The context ratio of a file that records none: refseg 0.1.0 wrote none, and 0.2 was its default.
 ASSUMED_CONTEXT_RATIO = 0.2
+#: The crop convention of a file that records none: every refseg before the research
+#: conventions of ``paper`` cropped this way (:attr:`refseg.presets.Preset.reference_crop`).
+ASSUMED_REFERENCE_CROP = "refseg"
 
 
 # --------------------------------------------------------------------------- the bank
@@ -75,22 +79,28 @@ class MemoryBank:
     (:meth:`remove_reference`); background negatives stay until removed.
 
     The bank records the settings that shaped its features: the encoder (:attr:`encoder`, with
-    its input size) and the reference crop's :attr:`context_ratio`. All references of a bank
-    share one context ratio: an empty bank takes the ratio of its first reference, and adding
-    one made with another ratio raises :class:`InvalidInputError` (its feature would not be
-    comparable). Readers (``memory show``, the app's memory picture) crop with the bank's ratio.
+    its input size), the reference crop's :attr:`context_ratio` and its :attr:`reference_crop`
+    convention. All references of a bank share one context ratio and one crop convention: an
+    empty bank takes those of its first reference, and adding one made otherwise raises
+    :class:`InvalidInputError` (its feature would not be comparable). Readers (``memory
+    show``, the app's memory picture) crop with the bank's ratio and convention.
 
     Attributes:
         encoder: identity of the encoder that made the features.
         context_ratio: the references' crop margin (side = (1 + ratio) x the box's longer side).
         context_ratio_assumed: True for a file that records no ratio (refseg 0.1.0): the ratio
             is then :data:`ASSUMED_CONTEXT_RATIO`, 0.1.0's default.
+        reference_crop: the references' crop convention, ``"research"`` or ``"refseg"``.
+        reference_crop_assumed: True for a file that records none (written before the
+            conventions existed): the convention is then :data:`ASSUMED_REFERENCE_CROP`.
     """
 
     def __init__(self, encoder: EncoderIdentity, context_ratio: float = ASSUMED_CONTEXT_RATIO) -> None:
         self.encoder = encoder
         self.context_ratio = float(context_ratio)
         self.context_ratio_assumed = False
+        self.reference_crop = ASSUMED_REFERENCE_CROP
+        self.reference_crop_assumed = False
         self._features: list[torch.Tensor] = []
         self._records: list[ReferenceRecord] = []
         self._classes: dict[str, None] = {}  # insertion-ordered: class order, O(1) membership
@@ -210,6 +220,7 @@ class MemoryBank:
         source: dict | None = None,
         *,
         context_ratio: float | None = None,
+        reference_crop: str | None = None,
         negative: bool = False,
     ) -> int:
         """Add one reference feature (C,). Returns its reference id.
@@ -218,6 +229,7 @@ class MemoryBank:
             class_name: the class; None only for a background negative (``negative=True``).
             context_ratio: the crop margin the feature was made with. An empty bank takes it;
                 a non-empty bank refuses another one. None: the bank's (not checked).
+            reference_crop: the crop convention the feature was made with, checked the same way.
             negative: an example of what is NOT ``class_name`` (of no class when it is None).
 
         Raises:
@@ -238,7 +250,14 @@ class MemoryBank:
                 f"The reference feature for {class_name!r} is all zeros: it matches nothing."
             )
         if context_ratio is not None:
-            self._take_context_ratio(float(context_ratio))
+            self._check_context_ratio(float(context_ratio))
+        if reference_crop is not None:
+            self._check_reference_crop(reference_crop)
+        if not self._records:  # an empty bank takes the settings of its first reference
+            if context_ratio is not None:
+                self.context_ratio, self.context_ratio_assumed = float(context_ratio), False
+            if reference_crop is not None:
+                self.reference_crop, self.reference_crop_assumed = reference_crop, False
         if class_name is not None and not negative:
             self._classes.setdefault(class_name, None)
         ref_id = self._next_id
@@ -271,15 +290,26 @@ class MemoryBank:
             )
         return class_name
 
-    def _take_context_ratio(self, ratio: float) -> None:
-        if not self._records:
-            self.context_ratio, self.context_ratio_assumed = ratio, False
-        elif not math.isclose(ratio, self.context_ratio, rel_tol=0.0, abs_tol=1e-9):
+    def _check_context_ratio(self, ratio: float) -> None:
+        if self._records and not math.isclose(ratio, self.context_ratio, rel_tol=0.0, abs_tol=1e-9):
             assumed = " (assumed: the file does not record it)" if self.context_ratio_assumed else ""
             raise InvalidInputError(
                 f"This memory bank's references were cropped with context ratio {self.context_ratio}"
                 f"{assumed}, this reference with {ratio}: one bank holds one ratio. Add it with "
                 f"context_ratio={self.context_ratio} (--context-ratio {self.context_ratio}), or build a new memory."
+            )
+
+    def _check_reference_crop(self, convention: str) -> None:
+        choices = SETTING_CHOICES["reference_crop"]
+        if convention not in choices:
+            raise InvalidInputError(f"reference_crop must be one of {list(choices)}, not {convention!r}.")
+        if self._records and convention != self.reference_crop:
+            assumed = " (assumed: the file predates the setting)" if self.reference_crop_assumed else ""
+            raise InvalidInputError(
+                f"This memory bank's references were cropped with the {self.reference_crop!r} convention"
+                f"{assumed}, this reference with {convention!r}: one bank holds one convention, so that "
+                f"features made differently are never mixed. Add it with reference_crop={self.reference_crop!r} "
+                f"(--reference-crop {self.reference_crop}), or build a new memory."
             )
 
     def set_category_id(self, class_name: str, category_id: int) -> None:
@@ -355,6 +385,7 @@ class MemoryBank:
             next_id=self._next_id,
             # an assumed ratio stays unrecorded: it was never known
             context_ratio=None if self.context_ratio_assumed else self.context_ratio,
+            reference_crop=None if self.reference_crop_assumed else self.reference_crop,
         )
         return write_memory_file(path, contents, __version__)
 
@@ -366,6 +397,8 @@ class MemoryBank:
         recorded = contents.context_ratio
         bank = cls(contents.encoder, ASSUMED_CONTEXT_RATIO if recorded is None else recorded)
         bank.context_ratio_assumed = recorded is None
+        bank.reference_crop = contents.reference_crop or ASSUMED_REFERENCE_CROP
+        bank.reference_crop_assumed = contents.reference_crop is None
         bank._classes = dict.fromkeys(contents.classes)
         bank._category_ids = dict(contents.category_ids)
         bank._records = list(contents.records)
@@ -386,7 +419,9 @@ class MemoryBank:
                 " (assumed: the file records none; refseg 0.1.0 used 0.2)"
                 if self.context_ratio_assumed
                 else ""
-            ),
+            )
+            + f"; reference crop: {self.reference_crop}"
+            + (" (assumed: the file records none)" if self.reference_crop_assumed else ""),
             f"classes: {len(self._classes)}, references: {len(self._records) - total_negative} positive, "
             f"{total_negative} negative",
         ]

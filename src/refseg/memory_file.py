@@ -17,7 +17,10 @@ Metadata (strings):
     ``classes``: json ``[{name, category_id, references[, negatives]}]`` (``references`` counts
     the positive references);
     ``references``: json ``[{ref_id, class, source[, negative]}]`` (``class`` null: background);
-    ``next_id``; ``context_ratio`` (optional json number: refseg 0.1.0 wrote none).
+    ``next_id``; ``context_ratio`` (optional json number: refseg 0.1.0 wrote none);
+    ``reference_crop`` (optional json string, since 0.2: the crop convention of the features,
+    ``"research"`` or ``"refseg"``; a file without it was cropped the ``"refseg"`` way, the
+    only one before).
 
 Versions: a bank without negative references is written as format version 1, which refseg
 0.1.0 reads; a bank with negatives as version 2, which 0.1.0 refuses ("upgrade refseg")
@@ -47,6 +50,7 @@ from safetensors.torch import save as save_tensors
 from .errors import InvalidInputError
 from .files import atomic_write
 from .models.base import EncoderIdentity
+from .presets import SETTING_CHOICES
 
 FORMAT_NAME = "refseg.memory"
 #: Written for a bank without negative references (what refseg 0.1.0 reads).
@@ -89,6 +93,8 @@ class MemoryContents:
         features: (R, C) float32, finite, no all-zero row.
         next_id: the id the next added reference gets (above every ``ref_id``).
         context_ratio: the references' crop margin; None when the file records none (0.1.0).
+        reference_crop: the references' crop convention; None when the file records none
+            (written before 0.2's conventions: ``"refseg"``).
     """
 
     encoder: EncoderIdentity
@@ -98,6 +104,7 @@ class MemoryContents:
     features: torch.Tensor
     next_id: int
     context_ratio: float | None
+    reference_crop: str | None = None
 
 
 # --------------------------------------------------------------------------- class names
@@ -169,6 +176,8 @@ def write_memory_file(path: str | os.PathLike, contents: MemoryContents, refseg_
         metadata["encoder_fingerprints"] = json.dumps(dict(contents.encoder.fingerprints))
     if contents.context_ratio is not None:
         metadata["context_ratio"] = json.dumps(contents.context_ratio)
+    if contents.reference_crop is not None:
+        metadata["reference_crop"] = json.dumps(contents.reference_crop)
     index = {name: i for i, name in enumerate(contents.classes)}
     labels = [BACKGROUND_LABEL if r.class_name is None else index[r.class_name] for r in contents.records]
     tensors = {
@@ -299,6 +308,7 @@ class _Reader:
             features=features,
             next_id=self.next_id(records),
             context_ratio=self.context_ratio(),
+            reference_crop=self.reference_crop(),
         )
 
     def version(self) -> int:
@@ -484,6 +494,13 @@ class _Reader:
         if not _is(ratio, float) or not math.isfinite(ratio) or ratio < 0:
             raise self.damaged(f"context_ratio {ratio!r} is not a number >= 0")
         return float(ratio)
+
+    def reference_crop(self) -> str | None:
+        convention = self.json_entry("reference_crop", required=False)
+        choices = SETTING_CHOICES["reference_crop"]
+        if convention is not None and convention not in choices:
+            raise self.damaged(f"reference_crop {convention!r} is not one of {list(choices)}")
+        return convention
 
 
 def _is(value: object, kind: type) -> bool:

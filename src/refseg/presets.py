@@ -1,6 +1,7 @@
-"""Named settings (docs/method.md section 7). ``paper`` is the method of docs/method.md; every
-other preset is a documented departure from it: ``paper-neg`` adds negative references to the
-paper's method, ``fast`` uses small models, a coarser grid and negative references."""
+"""Named settings (docs/method.md section 7). ``paper`` is exactly the method of
+docs/method.md, with the research code's resampling, crop, grid and box conventions
+(docs/fidelity.md); every other preset is a documented departure from it: ``paper-neg`` adds negative references to the paper's method,
+``fast`` uses small models, a coarser grid, negative references and refseg's own conventions."""
 
 from __future__ import annotations
 
@@ -59,10 +60,23 @@ SETTING_RANGES: dict[str, SettingRange] = {
     "context_ratio": SettingRange(float, 0, 10),  # the crop is clipped to the image long before
 }
 
+#: What each named-convention :class:`Preset` field accepts (docs/fidelity.md says where each
+#: value comes from: the first is the research code's, as ``paper`` uses it).
+SETTING_CHOICES: dict[str, tuple[str, ...]] = {
+    "proposer_resize": ("pil", "torch"),
+    "reference_crop": ("research", "refseg"),
+    "grid_order": ("x-slowest", "x-fastest"),
+    "box_convention": ("inclusive", "exclusive"),
+}
+
 
 @dataclass(frozen=True)
 class Preset:
     """All settings of a run.
+
+    The last six settings are conventions (docs/fidelity.md): their defaults (``paper``) are
+    what the research code computes; :data:`REFSEG_CONVENTIONS` (``fast``) are refseg's own
+    choices, the better-posed resampling.
 
     Attributes:
         name: preset name.
@@ -85,6 +99,33 @@ class Preset:
             class" one (or a background one) is not that class
             (:func:`refseg.matching.nearest_example_vetoes`). No effect on a memory without
             negatives; ``paper`` has it off, so its output never depends on them.
+        proposer_resize: the square SAM2 input. ``"pil"`` (paper): Pillow's bicubic resize of
+            the uint8 image, rounded to uint8, then / 255, as the research code's loader;
+            ``"torch"``: bilinear with antialiasing on floats, as SAM2's own predictor (no
+            rounding, any bit depth). Targets only: a reference marked with prompts is always
+            given SAM2's predictor input (the research code prompts none).
+        encoder_antialias: the target's DINOv2 input (the SAM2 square resized bicubically to
+            ``encoder_input_size``) antialiased and clamped to [0, 1]. Off in paper (plain
+            bicubic, as the research code); a 1024 -> 518 shrink without antialiasing aliases,
+            so on is the better-posed resampling.
+        reference_crop: ``"research"`` (paper): the crop is centred on the reference's
+            annotated box when one is given (``add_reference(mask=..., box=...)``; each edge
+            through ``int()``), else on the mask's tight box; crop edges through ``int()``; no
+            clamp after the bicubic resize. ``"refseg"``: centred on the mask's tight box,
+            edges floored / ceiled so the box lies inside, clamped (every refseg up to 0.2).
+            A memory bank records its references' convention and refuses a mix.
+        no_memory_embedding: add SAM2's no-memory embedding to the target's image embedding
+            before decoding the grid, as SAM2's image predictor does. Off in paper: the
+            research code decodes its grid against the backbone features as they are.
+            (Prompted references always use SAM2's predictor embedding.)
+        grid_order: the order of the prompt grid: ``"x-slowest"`` (paper, the research
+            code's ``meshgrid``) or ``"x-fastest"``. Same points; only ties in NMS and in the
+            final ranking depend on it.
+        box_convention: boxes in COCO results: ``"inclusive"`` (paper: x2, y2 the last mask
+            column / row, width x2 - x1, as the research code wrote the boxes the paper's
+            bbox AP was computed on) or ``"exclusive"`` (a one-pixel mask is 1 wide, as
+            pycocotools' ``toBbox``). :class:`~refseg.instances.Instances` always hold
+            exclusive boxes.
     """
 
     name: str = "paper"
@@ -102,6 +143,12 @@ class Preset:
     context_ratio: float = 0.2
     dtype: str = "float32"
     negatives: bool = False
+    proposer_resize: str = "pil"
+    encoder_antialias: bool = False
+    reference_crop: str = "research"
+    no_memory_embedding: bool = False
+    grid_order: str = "x-slowest"
+    box_convention: str = "inclusive"
 
     def __post_init__(self) -> None:
         from .errors import InvalidInputError
@@ -110,6 +157,17 @@ class Preset:
             value = getattr(self, name)
             if not allowed.accepts(value):
                 raise InvalidInputError(f"The setting {name} must be {allowed.describe()}, got {value!r}.")
+        for name, choices in SETTING_CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise InvalidInputError(
+                    f"The setting {name} must be one of {', '.join(map(repr, choices))}, got {value!r}."
+                )
+        for name in ("encoder_antialias", "no_memory_embedding"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidInputError(
+                    f"The setting {name} must be True or False, got {getattr(self, name)!r}."
+                )
 
     def replace(self, **changes: object) -> Preset:
         """A copy with some settings changed (``None`` values are ignored)."""
@@ -127,12 +185,23 @@ PAPER = Preset()
 #: The paper's models and settings, plus the memory's negative references (``negatives``).
 PAPER_NEG = dataclasses.replace(PAPER, name="paper-neg", negatives=True)
 
+#: refseg's own conventions (what every preset used up to 0.2): see :class:`Preset`.
+REFSEG_CONVENTIONS: dict[str, object] = {
+    "proposer_resize": "torch",
+    "encoder_antialias": True,
+    "reference_crop": "refseg",
+    "no_memory_embedding": True,
+    "grid_order": "x-fastest",
+    "box_convention": "exclusive",
+}
+
 FAST = Preset(
     name="fast",
     sam2_id="facebook/sam2.1-hiera-tiny",
     encoder_id="facebook/dinov2-small",
     points_per_side=16,
     negatives=True,
+    **REFSEG_CONVENTIONS,  # type: ignore[arg-type]
 )
 
 PRESETS: dict[str, Preset] = {"paper": PAPER, "paper-neg": PAPER_NEG, "fast": FAST}

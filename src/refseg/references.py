@@ -127,7 +127,9 @@ def add_coco_references(
         pixels = cached[1]
         if has_segmentation(annotation):
             mask = annotation_to_mask(annotation, *pixels.shape[:2])
-            segmenter.add_reference(pixels, name, mask=mask, source=source, **kind)
+            # the annotated box too: the research crop convention (paper) is centred on it
+            annotated = annotation_box(annotation)
+            segmenter.add_reference(pixels, name, mask=mask, box=annotated, source=source, **kind)
         elif "bbox" in annotation:
             x, y, w, h = (float(v) for v in annotation["bbox"])
             segmenter.add_reference(pixels, name, box=(x, y, x + w, y + h), source=source, **kind)
@@ -153,6 +155,19 @@ def add_coco_references(
     report = _add_each(jobs(), len(annotations), progress, on_skip)
     _set_category_ids(segmenter.memory, {name: category_id for category_id, name in names.items()})
     return report
+
+
+def annotation_box(annotation: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
+    """A COCO annotation's ``bbox`` as (x1, y1, x1 + w, y1 + h), or None when it has none usable
+    (not four finite numbers, or a negative size): a mask annotation is never refused for its box."""
+    bbox = annotation.get("bbox")
+    try:
+        x, y, w, h = (float(v) for v in bbox)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        return None
+    if not all(np.isfinite((x, y, w, h))) or w < 0 or h < 0:
+        return None
+    return x, y, x + w, y + h
 
 
 def _is_negative(annotation: Any) -> bool:

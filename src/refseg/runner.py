@@ -66,6 +66,13 @@ class SupportsPredict(Protocol):
     def predict(self, image: np.ndarray) -> Instances: ...
 
 
+def box_convention_of(segmenter: object) -> str:
+    """The COCO box convention of a segmenter's settings (:attr:`refseg.presets.Preset.box_convention`);
+    ``"exclusive"`` for a segmenter without settings."""
+    settings = getattr(segmenter, "settings", None)
+    return str(getattr(settings, "box_convention", "exclusive"))
+
+
 @dataclass
 class PredictSummary:
     """What one call of :func:`predict_files` did (in a multi-process run: this process).
@@ -284,7 +291,7 @@ def _predict_one(
         return {**base, "status": "error", "error": str(error)}
     if score_threshold > 0:
         instances = instances.filter(score_threshold)
-    results = instances.to_coco(target.image_id, category_ids)
+    results = instances.to_coco(target.image_id, category_ids, box_convention=box_convention_of(segmenter))
     if overlay is not None:
         from .viz import draw_instances  # optional: only when overlays are asked for
 

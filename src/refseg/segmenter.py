@@ -14,7 +14,7 @@ from . import matching
 from .data.images import ImageLike, load_image
 from .errors import InvalidInputError
 from .instances import Instances
-from .masks import MaskLike, decode_mask
+from .masks import MaskLike, box_numbers, decode_mask
 from .memory import MemoryBank
 from .models.base import Encoder, Proposals, Proposer
 from .preprocess import encoder_input, proposer_input
@@ -172,14 +172,17 @@ class Segmenter:
     ) -> tuple[np.ndarray, dict[str, object]]:
         """The instance mask and how it was marked (provenance: prompt kind, box, points, labels)."""
         height, width = pixels.shape[:2]
-        prompt = check_prompt(box, points, point_labels, height, width)
         if mask is not None:
-            if prompt is not None:
+            if points is not None or point_labels is not None:
                 raise InvalidInputError(
                     "Give a mask, or prompts for SAM2 (a box and/or points), not both: the mask would be used "
                     "and the prompts ignored."
                 )
-            return decode_mask(mask, (height, width)), {"prompt": "mask"}
+            marked: dict[str, object] = {"prompt": "mask"}
+            if box is not None:  # the mask's annotated box (a COCO annotation has both): not a prompt
+                marked["annotated_box"] = list(box_numbers(box, what="The reference's box"))
+            return decode_mask(mask, (height, width)), marked
+        prompt = check_prompt(box, points, point_labels, height, width)
         if prompt is None:
             raise InvalidInputError("A reference needs a mask, a box or points on the object.")
         scaled_points, labels, scaled_box = prompt.scaled(self.proposer.image_size, height, width)
@@ -189,7 +192,8 @@ class Segmenter:
                 logits = self.proposer.decode_boxes(embedding, scaled_box[None])
             else:
                 logits = self.proposer.decode_prompts(embedding, scaled_points, labels, scaled_box)[0][None]
-        upsampled = matching.upsample_masks(logits.float().cpu(), (height, width))[0].numpy()
+        # as SAM2's own predictor resizes its masks: bilinear without antialiasing
+        upsampled = matching.upsample_masks(logits.float().cpu(), (height, width), antialias=False)[0].numpy()
         if not upsampled.any():
             raise InvalidInputError(
                 f"SAM2 found no object for {prompt.describe()}; mark it otherwise, or draw a mask."
@@ -215,7 +219,12 @@ class Segmenter:
             class_name: the object's class. None only with ``negative=True``: a background
                 negative, an example of something that is none of the classes.
             mask: (H, W) bool array, COCO polygon list or RLE dict.
-            box: (x1, y1, x2, y2) in pixels; SAM2 makes the mask (used when no mask is given).
+            box: (x1, y1, x2, y2) in pixels; SAM2 makes the mask from it when no mask is given.
+                Given together with a mask, it is the object's annotated box (a COCO
+                annotation's ``bbox``), not a prompt: the ``"research"`` reference crop
+                (``paper``, :attr:`Preset.reference_crop`) is centred on it, as the research
+                code centres its crop on the annotation's box; refseg's crop ignores it. It is
+                recorded in the source as ``annotated_box``.
             points: (x, y) pixels on the picture; SAM2 makes the mask, with the box if one is
                 given too (as SAM2's predictor: see :meth:`reference_mask`).
             point_labels: per point 1 (on the object) or 0 (not on it); default all 1.
@@ -237,14 +246,28 @@ class Segmenter:
         self._memory.check_new_reference(class_name, negative)  # before any model runs
         pixels = load_image(image)
         instance_mask, marked = self._reference_mask(pixels, mask, box, points, point_labels)
-        feature = reference_feature(self.encoder, pixels, instance_mask, self.settings.context_ratio)
+        settings = self.settings
+        annotated_box = marked.get("annotated_box")
+        feature = reference_feature(
+            self.encoder,
+            pixels,
+            instance_mask,
+            settings.context_ratio,
+            box=annotated_box,
+            convention=settings.reference_crop,
+        )
         provenance = dict(source or {})
         if isinstance(image, str | os.PathLike) and "file" not in provenance:
             provenance["file"] = os.fspath(image)
         for key, value in marked.items():
             provenance.setdefault(key, value)
         return self._memory.add(
-            feature, class_name, provenance, context_ratio=self.settings.context_ratio, negative=negative
+            feature,
+            class_name,
+            provenance,
+            context_ratio=settings.context_ratio,
+            reference_crop=settings.reference_crop,
+            negative=negative,
         )
 
     def _embedding(self, pixels: np.ndarray) -> object:
@@ -254,22 +277,27 @@ class Segmenter:
         kept = self._embedded
         if kept is not None and kept[0] == key:
             return kept[1]
+        # A prompted reference is SAM2 used as its own image predictor (the research code never
+        # prompts one): SAM2's predictor input, whatever the preset's target conventions, so the
+        # web app's preview (refseg.app.draft) is the mask added.
         with torch.inference_mode():
-            embedding = self.proposer.embed(self._proposer_input(pixels)[0])
+            embedding = self.proposer.embed(proposer_input(pixels, self.proposer.image_size, "torch")[0])
         self._embedded = (key, embedding)
         return embedding
 
     # ------------------------------------------------------------------ prediction
 
     def _proposer_input(self, pixels: np.ndarray) -> torch.Tensor:
-        return proposer_input(pixels, self.proposer.image_size)
+        return proposer_input(pixels, self.proposer.image_size, self.settings.proposer_resize)
 
     def _stage_done(self) -> None:
         if self.between_stages is not None:
             self.between_stages()
 
     def _encoder_input(self, proposer_image: torch.Tensor) -> torch.Tensor:
-        return encoder_input(proposer_image, self.encoder.identity.input_size)
+        return encoder_input(
+            proposer_image, self.encoder.identity.input_size, antialias=self.settings.encoder_antialias
+        )
 
     def propose(self, image: ImageLike) -> Proposals:
         """SAM2 proposals on an image (docs/method.md section 3), in the proposer's input space."""
@@ -277,8 +305,12 @@ class Segmenter:
         return self._propose(self._proposer_input(pixels))
 
     def _propose(self, square: torch.Tensor) -> Proposals:
-        points = matching.point_grid(self.settings.points_per_side, self.proposer.image_size)
-        embedding = self.proposer.embed(square[0])
+        settings = self.settings
+        points = matching.point_grid(settings.points_per_side, self.proposer.image_size, settings.grid_order)
+        # the grid's embedding: with SAM2's no-memory embedding or, in paper, without it
+        # (Preset.no_memory_embedding); only asked for when it differs from embed's default
+        extra = {} if settings.no_memory_embedding else {"no_memory_embedding": False}
+        embedding = self.proposer.embed(square[0], **extra)
         self._stage_done()  # the image encoder's temporaries are freed
         proposals = self.proposer.decode_points(
             embedding,

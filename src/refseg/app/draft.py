@@ -214,4 +214,6 @@ def draft_mask(proposer: Proposer, draft: Draft, shape: tuple[int, int] | None =
     if logits is None:
         return None
     shape = shape or (draft.picture.height, draft.picture.width)
-    return matching.upsample_masks(logits.float()[None], shape)[0].numpy()
+    return matching.upsample_masks(logits.float()[None], shape, antialias=False)[
+        0
+    ].numpy()  # as SAM2's predictor

@@ -161,7 +161,8 @@ def sam2_input(pixels: np.ndarray, size: int) -> torch.Tensor:
     A picture whose shorter side is at least twice S is first box-reduced by a whole factor
     that keeps both sides >= S (an exact average of pixel blocks), then squashed to S x S by
     :func:`refseg.preprocess.proposer_input` as every picture is. Smaller pictures go to
-    ``proposer_input`` as they are, so their SAM2 input is exactly the segmenter's.
+    ``proposer_input`` as they are, so their SAM2 input is exactly the one the segmenter
+    prompts references on (SAM2's predictor input in every preset).
     """
     factor = min(pixels.shape[:2]) // size
     if factor >= 2:

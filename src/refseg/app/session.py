@@ -64,9 +64,9 @@ class SharedModels:
     def segmenter_for(self, bank: MemoryBank | None) -> Segmenter:
         """A segmenter with the shared models and a session's memory bank (an empty one if None).
 
-        A bank that holds references keeps its own context ratio: references added in the page
-        are cropped as the bank's earlier ones were (a loaded file may have another ratio than
-        the app's preset).
+        A bank that holds references keeps its own context ratio and crop convention: references
+        added in the page are cropped as the bank's earlier ones were (a loaded file may have
+        another ratio or convention than the app's preset).
 
         Raises:
             EncoderMismatchError: the bank was built with another encoder.
@@ -74,7 +74,7 @@ class SharedModels:
         base = self.base()
         settings = base.settings
         if bank is not None and len(bank) > 0:
-            settings = settings.replace(context_ratio=bank.context_ratio)
+            settings = settings.replace(context_ratio=bank.context_ratio, reference_crop=bank.reference_crop)
         return Segmenter(
             base.proposer, base.encoder, memory=bank, preset=settings, between_stages=base.between_stages
         )
@@ -218,7 +218,7 @@ def add_reference(
     ref_id = segmenter.add_reference(image, name, mask=mask, negative=negative, source=provenance)
     state.bank = segmenter.memory
     ratio = state.bank.context_ratio
-    x0, y0, x1, y1 = context_crop_box(mask_box_exclusive(mask), mask.shape, ratio)
+    x0, y0, x1, y1 = context_crop_box(mask_box_exclusive(mask), mask.shape, ratio, state.bank.reference_crop)
     state.crops[ref_id] = (image[y0:y1, x0:x1].copy(), mask[y0:y1, x0:x1].copy())
     thumbnail = draw_reference(image, mask, class_name=name, size=THUMBNAIL_SIZE, context_ratio=ratio)
     state.thumbnails[ref_id] = jpeg_data_url(np.asarray(thumbnail), quality=85)

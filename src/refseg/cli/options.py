@@ -13,7 +13,7 @@ from ..errors import RefsegError
 from ..files import check_writable, check_writable_folder
 from ..model_spec import ModelSpec
 from ..pipelines.reporter import Reporter
-from ..presets import PRESETS, SETTING_RANGES, SettingRange
+from ..presets import PRESETS, SETTING_CHOICES, SETTING_RANGES, SettingRange
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -198,6 +198,13 @@ MODEL_HELP: dict[str, str] = {
 REFERENCE_SETTINGS = {
     "--context-ratio": ("context_ratio", "Reference crop margin, 0 to 10 (paper: 0.2)."),
 }
+# Convention overrides: option name -> (Preset field, help); their choices come from SETTING_CHOICES.
+REFERENCE_CHOICES = {
+    "--reference-crop": (
+        "reference_crop",
+        "Reference crop convention (paper: research; fast: refseg); a memory holds one. See docs/fidelity.md.",
+    ),
+}
 PREDICT_SETTINGS = {
     "--points-per-side": ("points_per_side", "Proposal grid side, 1 to 1024 (paper: 32)."),
     "--batch-size": ("points_batch_size", "Prompts per decoder call, >= 1 (speed only)."),
@@ -260,7 +267,12 @@ def model_options(
         click.option(flag, field, type=Bounded.of(SETTING_RANGES[field]), help=text)
         for flag, (field, text) in settings.items()
     ]
-    fields = [field for field, _ in settings.values()]
+    choices = REFERENCE_CHOICES if references else {}
+    options += [
+        click.option(flag, field, type=click.Choice(SETTING_CHOICES[field]), help=text)
+        for flag, (field, text) in choices.items()
+    ]
+    fields = [field for field, _ in settings.values()] + [field for field, _ in choices.values()]
 
     def decorate(function: Callable) -> Callable:
         @functools.wraps(function)

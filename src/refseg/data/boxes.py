@@ -57,7 +57,9 @@ def logits_to_masks(low_res_logits: torch.Tensor, height: int, width: int) -> np
     """
     if low_res_logits.shape[0] == 0:
         return np.zeros((0, height, width), dtype=bool)
-    return upsample_masks(low_res_logits.float().cpu(), (height, width)).numpy()
+    return upsample_masks(
+        low_res_logits.float().cpu(), (height, width), antialias=False
+    ).numpy()  # as SAM2's predictor
 
 
 def boxes_to_masks(

@@ -116,11 +116,16 @@ class Proposer(Protocol):
 
     image_size: int  # side S of the square input, 1024 for SAM2
 
-    def embed(self, image: torch.Tensor) -> Any:
+    def embed(self, image: torch.Tensor, *, no_memory_embedding: bool = True) -> Any:
         """Run the image encoder once.
 
         Args:
             image: (3, S, S) float32 in [0, 1], S = ``image_size`` (not normalised).
+            no_memory_embedding: SAM2's: add its no-memory embedding to the image embedding, as
+                its image predictor does (False: the backbone features as they are, as the
+                research code decodes its grid; :attr:`refseg.presets.Preset.no_memory_embedding`).
+                The segmenter passes it only when False; a proposer without such an
+                embedding may ignore it.
 
         Returns:
             The picture's embedding, for any number of decode calls.

@@ -118,7 +118,7 @@ def reproduce_coco_fsod(
 
                 reporter.step(f"[1/4] sampling {shots} shot(s) per class, seed {seed}")
                 write_json(sample_references(load_coco(train_json), SPLIT, shots, seed), refs_path)
-            if reuse and _same_memory(memory_path, settings.context_ratio, reporter):
+            if reuse and _same_memory(memory_path, settings.context_ratio, reporter, settings.reference_crop):
                 reporter.step(f"[2/4] memory: reusing {memory_path}")
             else:
                 from ..references import add_coco_references
@@ -163,17 +163,26 @@ def _same_draw(refs_path: Path, shots: int, seed: int, reporter: Reporter) -> bo
     return False
 
 
-def _same_memory(memory_path: Path, context_ratio: float, reporter: Reporter) -> bool:
-    """Whether a run folder's memory exists and was built with this context ratio."""
+def _same_memory(
+    memory_path: Path, context_ratio: float, reporter: Reporter, reference_crop: str | None = None
+) -> bool:
+    """Whether a run folder's memory exists and was built with this context ratio (and, when
+    given, this reference crop convention)."""
     if not memory_path.is_file():
         return False
-    built_with = MemoryBank.load(memory_path).context_ratio
-    if built_with == context_ratio:
-        return True
-    reporter.warn(
-        f"{memory_path} was built with context ratio {built_with}, not {context_ratio}: building again."
-    )
-    return False
+    bank = MemoryBank.load(memory_path)
+    if bank.context_ratio != context_ratio:
+        reporter.warn(
+            f"{memory_path} was built with context ratio {bank.context_ratio}, not {context_ratio}: building again."
+        )
+        return False
+    if reference_crop is not None and bank.reference_crop != reference_crop:
+        reporter.warn(
+            f"{memory_path} was built with the {bank.reference_crop!r} reference crop, not {reference_crop!r}: "
+            "building again."
+        )
+        return False
+    return True
 
 
 def paper_comparison(scores: dict[str, Any], shots: int, seed: int, limit: int | None) -> str:

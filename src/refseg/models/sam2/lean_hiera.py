@@ -234,14 +234,20 @@ def image_embeddings(
     model: torch.nn.Module,
     pixel_values: torch.Tensor,
     tokens_per_piece: int = DEFAULT_OPTIONS.tokens_per_piece,
+    *,
+    no_memory_embedding: bool = True,
 ) -> list[torch.Tensor]:
     """``Sam2Model.get_image_embeddings(pixel_values)`` (same values, same layout: high to low
     resolution, ``conv_s0``/``conv_s1`` applied, no-memory embedding added to the last) with
-    the lean backbone and without computing the FPN position encodings."""
+    the lean backbone and without computing the FPN position encodings.
+
+    ``no_memory_embedding=False``: the last level as the FPN makes it, without the no-memory
+    embedding (the research code's grid embedding)."""
     maps = _fpn_levels(model.vision_encoder, pixel_values, tokens_per_piece)
     maps[0] = model.mask_decoder.conv_s0(maps[0])
     maps[1] = model.mask_decoder.conv_s1(maps[1])
-    maps[-1] = maps[-1] + model.no_memory_embedding.reshape(1, -1, 1, 1)
+    if no_memory_embedding:
+        maps[-1] = maps[-1] + model.no_memory_embedding.reshape(1, -1, 1, 1)
     return maps
 
 

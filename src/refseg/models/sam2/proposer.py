@@ -107,11 +107,15 @@ class Sam2Proposer:
             raise ValueError(f"expected a (3, {size}, {size}) image, got {tuple(image.shape)}")
 
     @torch.inference_mode()
-    def embed(self, image: torch.Tensor) -> Sam2ImageEmbedding:
+    def embed(self, image: torch.Tensor, *, no_memory_embedding: bool = True) -> Sam2ImageEmbedding:
         """Run the image encoder once.
 
         Args:
             image: (3, S, S) float in [0, 1], S = ``image_size``, not normalised.
+            no_memory_embedding: add the model's ``no_memory_embedding`` to the lowest-resolution
+                features, as SAM2's image predictor and transformers' ``get_image_embeddings``
+                do; False gives the features as the backbone makes them (the research code's
+                grid, ``paper``). Both encoders (lean and stock) honour it.
 
         Returns:
             The image's features on the model's device, for any number of decode calls.
@@ -120,9 +124,13 @@ class Sam2Proposer:
         pixels = imagenet_normalize(image.to(self.device, torch.float32))[None]
         with self._autocast():
             if self.encoder == "lean":
-                maps = lean_hiera.image_embeddings(self.model, pixels, self.options.tokens_per_piece)
-            else:
+                maps = lean_hiera.image_embeddings(
+                    self.model, pixels, self.options.tokens_per_piece, no_memory_embedding=no_memory_embedding
+                )
+            elif no_memory_embedding:
                 maps = self.model.get_image_embeddings(pixels)
+            else:
+                maps = stock_features_without_no_memory(self.model, pixels)
         feat_s0, feat_s1, image_embeddings = maps
         return Sam2ImageEmbedding(image_embeddings=image_embeddings, feat_s0=feat_s0, feat_s1=feat_s1)
 
@@ -216,6 +224,18 @@ class Sam2Proposer:
         points, labels, box = check_prompts(points, labels, box)
         with torch.inference_mode(), self._autocast():
             return decode_prompts_stock(self.model, embedding, points, labels, box)
+
+
+def stock_features_without_no_memory(model: Sam2Model, pixels: torch.Tensor) -> list[torch.Tensor]:
+    """``Sam2Model.get_image_embeddings(pixels)`` without its one addition, the no-memory
+    embedding (transformers' own ``get_image_features``, laid out as ``get_image_embeddings``
+    lays it out: (B, C, h, w) per level, high to low resolution)."""
+    batch_size = pixels.shape[0]
+    feature_maps = model.get_image_features(pixels, return_dict=True).fpn_hidden_states
+    return [
+        feature.permute(1, 2, 0).reshape(batch_size, -1, *size)
+        for feature, size in zip(feature_maps, model.backbone_feature_sizes, strict=True)
+    ]
 
 
 def check_prompts(
