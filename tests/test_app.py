@@ -240,6 +240,16 @@ def test_run_finds_the_objects_and_skips_unreadable_files(models, scene, tmp_pat
     assert all(set(r) == {"image_id", "category_id", "bbox", "score", "segmentation"} for r in results)
     assert images["images"] == [{"id": 1, "file_name": "target.png", "height": 192, "width": 192}]
     assert [c["name"] for c in images["categories"]] == ["red", "blue"]
+    # Boxes in the run's preset's convention, as refseg predict writes them: fast's exclusive
+    # boxes; a paper run's are one pixel narrower and shorter (inclusive x2, y2).
+    assert state.result_box_convention == "exclusive"
+    exclusive = found.to_coco(1, state.result_categories)
+    assert sorted(r["bbox"] for r in results) == sorted(r["bbox"] for r in exclusive)
+    state.result_box_convention = "inclusive"
+    inclusive = json.loads(open(results_view.result_files(state, 0.5)[0]).read())
+    assert sorted(r["bbox"] for r in inclusive) == sorted(
+        [x, y, w - 1, h - 1] for x, y, w, h in (r["bbox"] for r in exclusive)
+    )
 
     # The threshold only re-filters the kept results: nothing is recomputed.
     calls = models.base().encoder.calls

@@ -386,3 +386,40 @@ def test_memory_show_crops_with_the_banks_context_ratio(tmp_path, tiny_dinov2_di
     default = memory_picture(encoder, references, tile_size=32)
     shown = np.asarray(Image.open(out).convert("RGB"))
     assert np.array_equal(shown, np.asarray(wide)) and not np.array_equal(shown, np.asarray(default))
+
+
+def test_memory_show_crops_as_the_bank_did_under_the_research_convention(tmp_path, tiny_dinov2_dir) -> None:
+    """A paper bank centres each crop on the annotated box (docs/method.md 7.3): the picture
+    shows that crop, not refseg's crop around the mask."""
+    from refseg.models.loading import load_encoder
+
+    encoder = load_encoder(tiny_dinov2_dir, device="cpu")
+    scene = make_scene(5, classes=("red",), size=(160, 160), per_class=1, radius=(12, 18))
+    Image.fromarray(scene.image).save(tmp_path / "scene.png")
+    mask = scene.masks[0]
+    x1, y1, x2, y2 = (float(v) for v in masks_to_boxes(torch.from_numpy(mask)[None])[0])
+    box = [x1 - 9.7, y1 - 6.2, x2 + 3.0, y2 + 11.5]  # an annotated box looser than the mask
+    segmenter = Segmenter(SyntheticProposer(), encoder, preset="paper")
+    segmenter.add_reference(
+        scene.image, "red", mask=mask, box=box, source={"file": "scene.png", "mask": rle_of(mask)}
+    )
+    assert segmenter.memory.reference_crop == "research"
+    memory_path = segmenter.memory.save(tmp_path / "memory.safetensors")
+    out = tmp_path / "memory.png"
+    arguments = [
+        str(memory_path),
+        "-o",
+        str(out),
+        "--images",
+        str(tmp_path),
+        "--encoder",
+        str(tiny_dinov2_dir),
+    ]
+    result = CliRunner().invoke(show_memory_command, [*arguments, "--tile-size", "32"])
+    assert result.exit_code == 0, result.output
+    research = memory_picture(
+        encoder, [(scene.image, mask, "red", False, box)], tile_size=32, reference_crop="research"
+    )
+    refseg_crop = memory_picture(encoder, [(scene.image, mask, "red")], tile_size=32)
+    shown = np.asarray(Image.open(out).convert("RGB"))
+    assert np.array_equal(shown, np.asarray(research)) and not np.array_equal(shown, np.asarray(refseg_crop))

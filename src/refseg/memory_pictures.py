@@ -152,7 +152,8 @@ def picture_references(
         except RefsegError as error:
             skipped.append(f"{label}: {error}")
             continue
-        found.append(PictureReference(image, mask, record.class_name, record.negative))
+        box = source.get("annotated_box")  # the crop's centre under the "research" convention
+        found.append(PictureReference(image, mask, record.class_name, record.negative, box))
         per_class[kind] = per_class.get(kind, 0) + 1
     return found, skipped
 
@@ -229,5 +230,11 @@ def picture_memory(
             f"None of the references' images and masks could be found ({len(skipped)} skipped): pass "
             "--images (and --coco for a memory built from a COCO json)."
         )
-    image = memory_picture(encoder, references, context_ratio=bank.context_ratio, tile_size=tile_size)
+    image = memory_picture(
+        encoder,
+        references,
+        context_ratio=bank.context_ratio,
+        tile_size=tile_size,
+        reference_crop=bank.reference_crop,
+    )
     return MemoryPicture(image, len(references), skipped)

@@ -20,9 +20,9 @@ from PIL import Image, ImageDraw, ImageFont
 from .data.images import ImageLike, load_image
 from .errors import InvalidInputError
 from .instances import Instances
-from .masks import MaskLike, decode_mask, mask_box_exclusive
+from .masks import MaskLike, decode_mask
 from .models.base import Encoder
-from .reference_features import context_crop_box, reference_inputs
+from .reference_features import context_crop_box, crop_centre_box, reference_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -264,27 +264,36 @@ NEGATIVE_COLOR = (220, 20, 20)
 
 class PictureReference(NamedTuple):
     """One reference to picture: its image, its instance mask, its class (None: a background
-    negative) and whether it is a negative example ("not <class>")."""
+    negative), whether it is a negative example ("not <class>") and its annotated box
+    (x1, y1, x2, y2; the crop's centre under the ``"research"`` crop convention), if any."""
 
     image: ImageLike
     mask: MaskLike
     class_name: str | None
     negative: bool = False
+    box: Sequence[float] | None = None
 
 
-def _as_reference(reference: Any) -> tuple[np.ndarray, np.ndarray, str | None, bool]:
-    """(image (H, W, 3) uint8, mask (H, W) bool, class name, negative) from a tuple or an object."""
-    if isinstance(reference, tuple | list) and len(reference) in (3, 4):
+def _as_reference(reference: Any) -> tuple[np.ndarray, np.ndarray, str | None, bool, list[float] | None]:
+    """(image (H, W, 3) uint8, mask (H, W) bool, class name, negative, annotated box or None)
+    from a tuple or an object."""
+    box = None
+    if isinstance(reference, PictureReference):
+        image, mask, class_name, negative, box = reference
+    elif isinstance(reference, tuple | list) and len(reference) in (3, 4, 5):
         image, mask, class_name, *rest = reference
         negative = bool(rest[0]) if rest else False
+        box = rest[1] if len(rest) > 1 else None
     else:
         try:
             image, mask, class_name = reference.image, reference.mask, reference.class_name
         except AttributeError as error:
             raise InvalidInputError(
-                "A reference to picture must be (image, mask, class_name[, negative]) or have those attributes."
+                "A reference to picture must be (image, mask, class_name[, negative[, box]]) or have those "
+                "attributes."
             ) from error
         negative = bool(getattr(reference, "negative", False))
+        box = getattr(reference, "box", None)
     if class_name is None and not negative:
         raise InvalidInputError("A positive reference to picture needs a class name.")
     pixels = load_image(image)
@@ -292,7 +301,8 @@ def _as_reference(reference: Any) -> tuple[np.ndarray, np.ndarray, str | None, b
         pixels,
         decode_mask(mask, pixels.shape[:2]),
         None if class_name is None else str(class_name),
-        negative,
+        bool(negative),
+        None if box is None else [float(v) for v in box],
     )
 
 
@@ -303,23 +313,29 @@ def draw_reference(
     class_name: str | None = None,
     size: int = 192,
     context_ratio: float = 0.2,
+    box: Sequence[float] | None = None,
+    reference_crop: str = "refseg",
 ) -> Image.Image:
     """The context crop the memory bank encodes, resized to ``size`` x ``size``, mask outlined.
 
-    Uses :func:`refseg.reference_features.context_crop_box` (the bank's own crop), so what is shown is what
-    the encoder saw, apart from the resize.
+    Uses :func:`refseg.reference_features.crop_centre_box` and
+    :func:`refseg.reference_features.context_crop_box` (the bank's own crop), so what is shown
+    is what the encoder saw, apart from the resize.
 
     Args:
         image: the reference image (H, W).
         mask: (H, W) bool array, COCO polygon list or RLE dict.
         class_name: colours the outline (white if None).
+        box: the reference's annotated box (x1, y1, x2, y2), if any.
+        reference_crop: the bank's crop convention (:attr:`refseg.presets.Preset.reference_crop`).
 
     Returns:
         RGB image ``size`` x ``size``.
     """
     pixels = load_image(image)
     mask = decode_mask(mask, pixels.shape[:2])
-    x0, y0, x1, y1 = context_crop_box(mask_box_exclusive(mask), pixels.shape[:2], context_ratio)
+    centre = crop_centre_box(mask, box, reference_crop)
+    x0, y0, x1, y1 = context_crop_box(centre, pixels.shape[:2], context_ratio, reference_crop)
     color = class_color(class_name) if class_name is not None else (255, 255, 255)
     crop = Image.fromarray(pixels[y0:y1, x0:x1]).resize((size, size), Image.Resampling.BICUBIC)
     crop_mask = Image.fromarray(mask[y0:y1, x0:x1].astype(np.uint8) * 255).resize(
@@ -378,6 +394,7 @@ def memory_picture(
     gap: int = 6,
     background_brightness: float = 0.3,
     fit_on_foreground: bool = False,
+    reference_crop: str = "refseg",
 ) -> Image.Image:
     """What the memory bank sees: per reference, its context crop and a PCA view of its features.
 
@@ -400,6 +417,8 @@ def memory_picture(
             mask as for :func:`refseg.masks.decode_mask`.
         tile_size: side of each tile in pixels.
         fit_on_foreground: fit the PCA on foreground patches only (default: all patches).
+        reference_crop: the bank's crop convention (:attr:`refseg.presets.Preset.reference_crop`;
+            ``MemoryBank.reference_crop``), with each reference's annotated box under ``"research"``.
 
     Returns:
         RGB image of width ``label_width + gap + max_refs * (2 * tile_size + gap)`` and height
@@ -414,12 +433,22 @@ def memory_picture(
     input_size = encoder.identity.input_size
     crops, weights, tiles, names, negatives = [], [], [], [], []
     for reference in references:
-        pixels, mask, class_name, negative = _as_reference(reference)
-        crop, soft_mask = reference_inputs(pixels, mask, input_size, context_ratio)
+        pixels, mask, class_name, negative, box = _as_reference(reference)
+        crop, soft_mask = reference_inputs(
+            pixels, mask, input_size, context_ratio, box=box, convention=reference_crop
+        )
         crops.append(crop)
         weights.append(soft_mask)
         tiles.append(
-            draw_reference(pixels, mask, class_name=class_name, size=tile_size, context_ratio=context_ratio)
+            draw_reference(
+                pixels,
+                mask,
+                class_name=class_name,
+                size=tile_size,
+                context_ratio=context_ratio,
+                box=box,
+                reference_crop=reference_crop,
+            )
         )
         names.append(class_name)
         negatives.append(negative)

@@ -116,13 +116,15 @@ def result_strip(state: SessionState, threshold: float) -> list[tuple[Image.Imag
 
 def result_files(state: SessionState, threshold: float) -> list[str]:
     """``results.json`` (COCO results of the instances shown) and ``results.json.images.json``
-    (image id -> file name, categories), as ``refseg predict`` writes them; [] without results."""
+    (image id -> file name, categories), as ``refseg predict`` writes them (boxes in the run's
+    preset's convention, as there); [] without results."""
     if not state.results:
         return []
     category_ids = state.result_categories  # the run's: classes may have been removed since
     coco, images = [], []
     for image_id, result in enumerate(state.results, start=1):
-        coco.extend(result.instances.filter(threshold).to_coco(image_id, category_ids))
+        shown = result.instances.filter(threshold)
+        coco.extend(shown.to_coco(image_id, category_ids, box_convention=state.result_box_convention))
         images.append(
             {
                 "id": image_id,

@@ -28,6 +28,7 @@ from ..errors import InvalidInputError
 from ..instances import Instances
 from ..masks import mask_box_exclusive, mask_to_rle
 from ..memory import MemoryBank, context_crop_box
+from ..runner import box_convention_of
 from ..segmenter import Segmenter
 from ..viz import draw_reference, memory_picture
 from .draft import Draft
@@ -138,7 +139,8 @@ class SessionState:
         last_add: what the last add took (a brush or mask-file add sent twice adds once).
         results: the last run's targets; ``shown`` the one in the large view, ``selected`` the
             selected instance's index in it; ``result_categories`` class name -> category id
-            at the time of that run.
+            at the time of that run, ``result_box_convention`` the COCO box convention of its
+            settings (:attr:`refseg.presets.Preset.box_convention`).
         seqs: canvas name -> the last click the server handled (echoed to the page).
         workdir: folder for the files offered for download.
     """
@@ -158,6 +160,7 @@ class SessionState:
     last_add: str | None = None
     results: list[TargetResult] = field(default_factory=list)
     result_categories: dict[str, int] = field(default_factory=dict)
+    result_box_convention: str = "exclusive"
     shown: int = 0
     selected: int | None = None
     seqs: dict[str, int] = field(default_factory=dict)
@@ -220,7 +223,14 @@ def add_reference(
     ratio = state.bank.context_ratio
     x0, y0, x1, y1 = context_crop_box(mask_box_exclusive(mask), mask.shape, ratio, state.bank.reference_crop)
     state.crops[ref_id] = (image[y0:y1, x0:x1].copy(), mask[y0:y1, x0:x1].copy())
-    thumbnail = draw_reference(image, mask, class_name=name, size=THUMBNAIL_SIZE, context_ratio=ratio)
+    thumbnail = draw_reference(
+        image,
+        mask,
+        class_name=name,
+        size=THUMBNAIL_SIZE,
+        context_ratio=ratio,
+        reference_crop=state.bank.reference_crop,
+    )
     state.thumbnails[ref_id] = jpeg_data_url(np.asarray(thumbnail), quality=85)
     state.changed()
     logger.info("added reference %d (%s%s)", ref_id, name, ", negative" if negative else "")
@@ -370,6 +380,7 @@ def run_targets(
         results.append(TargetResult(picture, instances, small))
     state.results = results
     state.result_categories = state.bank.category_ids
+    state.result_box_convention = box_convention_of(segmenter)
     state.shown, state.selected = 0, None
     state.drafts.pop("result", None)
     return problems
@@ -393,5 +404,9 @@ def session_memory_picture(models: SharedModels, state: SessionState, *, tile_si
         if r.ref_id in state.crops
     ]
     return memory_picture(
-        segmenter.encoder, references, context_ratio=state.bank.context_ratio, tile_size=tile_size
+        segmenter.encoder,
+        references,
+        context_ratio=state.bank.context_ratio,
+        tile_size=tile_size,
+        reference_crop=state.bank.reference_crop,
     )
