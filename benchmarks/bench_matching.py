@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from refseg import matching
+from refseg import dedup, matching
 from refseg.masks import masks_to_boxes_inclusive
 
 LOW_RES = 256
@@ -161,7 +161,7 @@ def straightforward_postprocess(
     features = F.normalize(sums / flat.sum(1).clamp(min=1)[:, None], dim=1)
     similarity = (features @ inputs.prototypes.T).clamp(min=0)
     scores, labels = similarity.max(dim=1)
-    keep = matching.batched_nms(masks_to_boxes_inclusive(binary), inputs.predicted_iou, labels, nms_threshold)
+    keep = dedup.batched_nms(masks_to_boxes_inclusive(binary), inputs.predicted_iou, labels, nms_threshold)
     keep = keep[:max_candidates]
     keep = keep[scores[keep] > 0]
     # antialiased, as refseg and the research code resize full-size masks (docs/fidelity.md D14)
@@ -241,15 +241,15 @@ def time_matching(inputs: MatchingInputs, repeats: int = 3) -> dict[str, object]
     )
     features = matching.pool_object_features(inputs.feature_map, binary, "fast")
     scores, labels = matching.score_proposals(features, inputs.prototypes)
-    keep = matching.batched_nms(masks_to_boxes_inclusive(binary), inputs.predicted_iou, labels, 0.5)[:800]
+    keep = dedup.batched_nms(masks_to_boxes_inclusive(binary), inputs.predicted_iou, labels, 0.5)[:800]
     keep = keep[scores[keep] > 0]
 
     def merge_cropped() -> torch.Tensor:
-        cropped = matching.upsample_masks_cropped(inputs.low_res_logits[keep], inputs.image_size)
-        return matching.soft_merge_cropped(cropped, features[keep], labels[keep], scores[keep])
+        cropped = dedup.upsample_masks_cropped(inputs.low_res_logits[keep], inputs.image_size)
+        return dedup.soft_merge_cropped(cropped, features[keep], labels[keep], scores[keep])
 
     def merge_dense() -> torch.Tensor:
-        masks = matching.upsample_masks(inputs.low_res_logits[keep], inputs.image_size).flatten(1).float()
+        masks = dedup.upsample_masks(inputs.low_res_logits[keep], inputs.image_size).flatten(1).float()
         areas = masks.sum(1)
         inter = masks @ masks.T
         overlap = inter / areas.clamp(min=1)[:, None] * (features[keep] @ features[keep].T).clamp(min=0)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 from synthetic import SyntheticEncoder, SyntheticProposer, make_scene
 
-from refseg import InvalidInputError, MemoryBank, Segmenter, matching
+from refseg import InvalidInputError, MemoryBank, Segmenter, dedup, matching
 from refseg.instances import Instances
 from refseg.models.sam2 import Sam2Proposer
 from refseg.preprocess import encoder_input, proposer_input
@@ -281,11 +281,11 @@ def test_d14_masks_shrink_to_small_images_with_antialiasing() -> None:
     )
     plain = F.interpolate(logits[:, None], size=small, mode="bilinear", align_corners=False)[:, 0] > 0
     assert not torch.equal(expected, plain)
-    assert torch.equal(matching.upsample_masks(logits, small), expected)
-    assert torch.equal(matching.upsample_masks_cropped(logits, small).to_dense(), expected)
+    assert torch.equal(dedup.upsample_masks(logits, small), expected)
+    assert torch.equal(dedup.upsample_masks_cropped(logits, small).to_dense(), expected)
     large = (300, 400)  # enlarging: antialiasing changes nothing
     enlarged = F.interpolate(logits[:, None], size=large, mode="bilinear", align_corners=False)[:, 0] > 0
-    assert torch.equal(matching.upsample_masks(logits, large), enlarged)
+    assert torch.equal(dedup.upsample_masks(logits, large), enlarged)
 
 
 # ---------------------------------------------------------------------------- D17: output boxes

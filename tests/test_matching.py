@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from refseg import matching
+from refseg import dedup, matching
 from refseg.errors import EncoderMismatchError
 from refseg.masks import masks_to_boxes_exclusive as exclusive_boxes
 from refseg.masks import masks_to_boxes_inclusive
@@ -170,7 +170,7 @@ def test_masks_to_boxes_torchvision_convention():
 def test_box_iou_hand_values():
     a = torch.tensor([[0.0, 0, 4, 2], [0, 0, 10, 10], [5, 5, 5, 5]])
     b = torch.tensor([[0.0, 0, 4, 1], [20, 20, 30, 30], [1, 1, 11, 11], [5, 5, 5, 5]])
-    iou = matching.box_iou(a, b)
+    iou = dedup.box_iou(a, b)
     assert iou.shape == (3, 4)
     assert iou[0, 0] == 0.5
     assert iou[1, 1] == 0
@@ -182,9 +182,9 @@ def test_box_iou_hand_values():
 def test_nms_ranked_by_ranking_and_classwise():
     boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]])
     ranking = torch.tensor([0.5, 0.9, 0.7])
-    same = matching.batched_nms(boxes, ranking, torch.tensor([0, 0, 0]), 0.5)
+    same = dedup.batched_nms(boxes, ranking, torch.tensor([0, 0, 0]), 0.5)
     assert same.tolist() == [1, 2]  # box 1 (better ranked) suppresses box 0 (IoU 0.68)
-    different = matching.batched_nms(boxes, ranking, torch.tensor([0, 1, 0]), 0.5)
+    different = dedup.batched_nms(boxes, ranking, torch.tensor([0, 1, 0]), 0.5)
     assert different.tolist() == [1, 2, 0]  # other class: nothing suppressed, ranking order
 
 
@@ -192,22 +192,22 @@ def test_nms_threshold_is_strict():
     boxes = torch.tensor([[0.0, 0, 4, 2], [0, 0, 4, 1]])  # IoU exactly 0.5
     labels = torch.zeros(2, dtype=torch.int64)
     ranking = torch.tensor([0.9, 0.8])
-    assert matching.batched_nms(boxes, ranking, labels, 0.5).tolist() == [0, 1]
-    assert matching.batched_nms(boxes, ranking, labels, 0.49).tolist() == [0]
+    assert dedup.batched_nms(boxes, ranking, labels, 0.5).tolist() == [0, 1]
+    assert dedup.batched_nms(boxes, ranking, labels, 0.49).tolist() == [0]
 
 
 def test_nms_only_kept_boxes_suppress():
     # b suppresses a (IoU 0.54); a would suppress d (0.54) but a is gone, and b-d is 0.25
     boxes = torch.tensor([[3.0, 0, 13, 10], [0, 0, 10, 10], [6, 0, 16, 10]])
-    keep = matching.batched_nms(boxes, torch.tensor([0.8, 0.9, 0.7]), torch.zeros(3, dtype=torch.int64), 0.5)
+    keep = dedup.batched_nms(boxes, torch.tensor([0.8, 0.9, 0.7]), torch.zeros(3, dtype=torch.int64), 0.5)
     assert keep.tolist() == [1, 2]
 
 
 def test_nms_ties_keep_index_order_and_empty():
     boxes = torch.tensor([[0.0, 0, 1, 1], [5, 5, 6, 6], [9, 9, 10, 10], [0, 0, 1, 1]])
-    keep = matching.batched_nms(boxes, torch.full((4,), 0.5), torch.zeros(4, dtype=torch.int64), 0.5)
+    keep = dedup.batched_nms(boxes, torch.full((4,), 0.5), torch.zeros(4, dtype=torch.int64), 0.5)
     assert keep.tolist() == [0, 1, 2]  # index 3 duplicates index 0, which comes first
-    empty = matching.batched_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5)
+    empty = dedup.batched_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5)
     assert empty.shape == (0,) and empty.dtype == torch.int64
 
 
@@ -218,11 +218,11 @@ def test_upsample_masks_matches_torch_and_chunks(monkeypatch):
     generator = torch.Generator().manual_seed(2)
     logits = blob_logits(generator, 7, 16)
     expected = F.interpolate(logits[:, None], size=(37, 53), mode="bilinear", align_corners=False)[:, 0] > 0
-    monkeypatch.setattr(matching, "_UPSAMPLE_CHUNK_ELEMENTS", 3 * 37 * 53)  # chunks of 3 masks
-    masks = matching.upsample_masks(logits, (37, 53))
+    monkeypatch.setattr(dedup, "_UPSAMPLE_CHUNK_ELEMENTS", 3 * 37 * 53)  # chunks of 3 masks
+    masks = dedup.upsample_masks(logits, (37, 53))
     assert masks.dtype == torch.bool and masks.shape == (8, 37, 53)
     assert torch.equal(masks, expected)
-    cropped = matching.upsample_masks_cropped(logits, (37, 53))
+    cropped = dedup.upsample_masks_cropped(logits, (37, 53))
     assert torch.equal(cropped.to_dense(), expected)
     assert np.array_equal(cropped.boxes, exclusive_boxes(expected.numpy()).astype(np.int64))
     assert cropped.areas.tolist() == expected.sum(dim=(1, 2)).tolist()
@@ -264,11 +264,11 @@ def test_soft_merge_three_masks_by_hand():
     masks, features = three_masks()
     labels = torch.zeros(3, dtype=torch.int64)
     scores = torch.tensor([0.9, 0.8, 0.7])
-    merged = matching.soft_merge(masks, features, labels, scores)
+    merged = dedup.soft_merge(masks, features, labels, scores)
     # d0 = 0; d1 = 16/32 * 0.6 = 0.3; d2 = max(8/16 * 0.5, 16/16 * 0.54) = 0.54
     expected = torch.tensor([0.9, 0.8 * math.sqrt(0.7), 0.7 * math.sqrt(0.46)])
     assert torch.allclose(merged, expected, atol=1e-6)
-    linear = matching.soft_merge(masks, features, labels, scores, exponent=1.0)
+    linear = dedup.soft_merge(masks, features, labels, scores, exponent=1.0)
     assert torch.allclose(linear, torch.tensor([0.9, 0.8 * 0.7, 0.7 * 0.46]), atol=1e-6)
     assert torch.allclose(merged, soft_merge_dense(masks, features, labels, scores), atol=1e-6)
 
@@ -276,9 +276,7 @@ def test_soft_merge_three_masks_by_hand():
 def test_soft_merge_order_matters():
     masks, features = three_masks()
     order = torch.tensor([2, 1, 0])
-    merged = matching.soft_merge(
-        masks[order], features[order], torch.zeros(3, dtype=torch.int64), torch.ones(3)
-    )
+    merged = dedup.soft_merge(masks[order], features[order], torch.zeros(3, dtype=torch.int64), torch.ones(3))
     # now mask 2 comes first: d = 0; mask 1: 16/32 * 0.54; mask 0: max(8/32 * 0.5, 16/32 * 0.6)
     expected = torch.tensor([1.0, math.sqrt(1 - 0.27), math.sqrt(1 - 0.3)])
     assert torch.allclose(merged, expected, atol=1e-6)
@@ -288,7 +286,7 @@ def test_soft_merge_other_classes_untouched():
     masks, features = three_masks()
     labels = torch.tensor([0, 1, 0])
     scores = torch.tensor([0.9, 0.8, 0.7])
-    merged = matching.soft_merge(masks, features, labels, scores)
+    merged = dedup.soft_merge(masks, features, labels, scores)
     # mask 1 is alone in its class; mask 2 only sees mask 0: 8/16 * 0.5
     assert torch.allclose(merged, torch.tensor([0.9, 0.8, 0.7 * math.sqrt(0.75)]), atol=1e-6)
 
@@ -298,7 +296,7 @@ def test_soft_merge_negative_similarity_and_empty_mask():
     masks[0, :2] = True
     masks[1, :3] = True  # overlaps mask 0, opposite feature: no decay, no boost
     features = torch.stack([unit(1, 0), unit(-1, 0.1), unit(1, 0)])
-    merged = matching.soft_merge(
+    merged = dedup.soft_merge(
         masks, features, torch.zeros(3, dtype=torch.int64), torch.tensor([0.5, 0.6, 0.7])
     )
     assert torch.allclose(merged, torch.tensor([0.5, 0.6, 0.0]))  # empty mask 2 -> 0
@@ -307,11 +305,11 @@ def test_soft_merge_negative_similarity_and_empty_mask():
 def test_soft_merge_equals_dense_reference_on_random_masks():
     generator = torch.Generator().manual_seed(3)
     logits = blob_logits(generator, 30, 24)
-    masks = matching.upsample_masks(logits, (40, 31))
+    masks = dedup.upsample_masks(logits, (40, 31))
     features = F.normalize(torch.randn(31, 5, generator=generator) + 1.5, dim=1)
     labels = torch.randint(0, 2, (31,), generator=generator)
     scores = torch.rand(31, generator=generator)
-    merged = matching.soft_merge(masks, features, labels, scores)
+    merged = dedup.soft_merge(masks, features, labels, scores)
     reference = soft_merge_dense(masks, features, labels, scores)
     assert torch.allclose(merged, reference, atol=1e-6)
     assert (merged < scores - 1e-3).sum() > 5  # the example does merge

@@ -28,7 +28,7 @@ import dumpformat as fmt
 import numpy as np
 import torch
 
-from refseg import matching
+from refseg import dedup, matching
 from refseg.data.images import load_image
 from refseg.data.sampling import sample_references
 from refseg.evaluate import evaluate
@@ -113,7 +113,7 @@ def dump_target(seg: Segmenter, path: Path, image_id: int, category_ids: list[in
         binary = logits > 0
         obj = matching.pool_object_features(features, binary)
         scores, labels = matching.score_proposals(obj, prototypes)
-        nms = matching.batched_nms(
+        nms = dedup.batched_nms(
             masks_to_boxes_inclusive(binary), proposals.predicted_iou, labels, s.nms_threshold
         )
         capped = nms[: s.max_candidates]

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from compare import COS_OK, IOU_OK, MASK_IOU_OK, SCORE_OK, cosine, mask_iou, pairwise_iou
 
-from refseg import Segmenter, matching
+from refseg import Segmenter, dedup
 from refseg.data.images import load_image
 from refseg.data.sampling import sample_references
 from refseg.masks import decode_mask
@@ -107,8 +107,8 @@ def _mask_antialias(on: bool) -> Iterator[None]:
     if on:
         yield
         return
-    chunks = functools.partial(matching._upsampled_chunks, antialias=False)
-    with mock.patch.object(matching, "_upsampled_chunks", chunks):
+    chunks = functools.partial(dedup._upsampled_chunks, antialias=False)
+    with mock.patch.object(dedup, "_upsampled_chunks", chunks):
         yield
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from . import matching
+from . import dedup, matching
 from .data.images import ImageLike, load_image
 from .errors import InvalidInputError
 from .instances import Instances
@@ -193,7 +193,7 @@ class Segmenter:
             else:
                 logits = self.proposer.decode_prompts(embedding, scaled_points, labels, scaled_box)[0][None]
         # as SAM2's own predictor resizes its masks: bilinear without antialiasing
-        upsampled = matching.upsample_masks(logits.float().cpu(), (height, width), antialias=False)[0].numpy()
+        upsampled = dedup.upsample_masks(logits.float().cpu(), (height, width), antialias=False)[0].numpy()
         if not upsampled.any():
             raise InvalidInputError(
                 f"SAM2 found no object for {prompt.describe()}; mark it otherwise, or draw a mask."

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .. import matching
+from .. import dedup
 from ..errors import InvalidInputError
 from ..models.base import Proposer
 from ..prompts import ReferencePrompt, check_prompt
@@ -214,6 +214,6 @@ def draft_mask(proposer: Proposer, draft: Draft, shape: tuple[int, int] | None =
     if logits is None:
         return None
     shape = shape or (draft.picture.height, draft.picture.width)
-    return matching.upsample_masks(logits.float()[None], shape, antialias=False)[
+    return dedup.upsample_masks(logits.float()[None], shape, antialias=False)[
         0
     ].numpy()  # as SAM2's predictor

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..dedup import upsample_masks
 from ..errors import InvalidInputError
 from ..masks import box_to_mask, mask_to_rle
-from ..matching import upsample_masks
 from ..models.base import Proposer
 from ..preprocess import proposer_input
 from .coco import annotations_by_image, check_coco, has_segmentation, iter_images
