@@ -354,6 +354,15 @@ def test_memory_show_refuses_an_encoder_other_than_the_banks(tmp_path, tiny_dino
     assert result.exit_code != 0 and "encoder" in result.output and "Traceback" not in result.output
 
 
+def _show_memory_32(memory_path, images, encoder_dir):
+    """``refseg memory show`` with 32-px tiles, pictures looked up in ``images``; the picture's path."""
+    out = images / "memory.png"
+    arguments = [str(memory_path), "-o", str(out), "--images", str(images), "--encoder", str(encoder_dir)]
+    result = CliRunner().invoke(show_memory_command, [*arguments, "--tile-size", "32"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
 def test_memory_show_crops_with_the_banks_context_ratio(tmp_path, tiny_dinov2_dir) -> None:
     from refseg.models.loading import load_encoder
 
@@ -365,22 +374,7 @@ def test_memory_show_crops_with_the_banks_context_ratio(tmp_path, tiny_dinov2_di
         scene.image, "red", mask=scene.masks[0], source={"file": "scene.png", "mask": rle_of(scene.masks[0])}
     )
     memory_path = segmenter.memory.save(tmp_path / "memory.safetensors")
-    out = tmp_path / "memory.png"
-    result = CliRunner().invoke(
-        show_memory_command,
-        [
-            str(memory_path),
-            "-o",
-            str(out),
-            "--images",
-            str(tmp_path),
-            "--encoder",
-            str(tiny_dinov2_dir),
-            "--tile-size",
-            "32",
-        ],
-    )
-    assert result.exit_code == 0, result.output
+    out = _show_memory_32(memory_path, tmp_path, tiny_dinov2_dir)
     references = [(scene.image, scene.masks[0], "red")]
     wide = memory_picture(encoder, references, context_ratio=0.6, tile_size=32)
     default = memory_picture(encoder, references, tile_size=32)
@@ -405,18 +399,7 @@ def test_memory_show_crops_as_the_bank_did_under_the_research_convention(tmp_pat
     )
     assert segmenter.memory.reference_crop == "research"
     memory_path = segmenter.memory.save(tmp_path / "memory.safetensors")
-    out = tmp_path / "memory.png"
-    arguments = [
-        str(memory_path),
-        "-o",
-        str(out),
-        "--images",
-        str(tmp_path),
-        "--encoder",
-        str(tiny_dinov2_dir),
-    ]
-    result = CliRunner().invoke(show_memory_command, [*arguments, "--tile-size", "32"])
-    assert result.exit_code == 0, result.output
+    out = _show_memory_32(memory_path, tmp_path, tiny_dinov2_dir)
     research = memory_picture(
         encoder, [(scene.image, mask, "red", False, box)], tile_size=32, reference_crop="research"
     )
