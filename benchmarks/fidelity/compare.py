@@ -254,6 +254,7 @@ def gt_from_dump(dump: Path, inputs: Path, top: int, out: Path) -> Path:
 def evaluate_both(a: Path, b: Path, inputs: Path, report: dict, gt_path: Path | None = None) -> None:
     from refseg.evaluate import evaluate
 
+    default_gt = gt_path is None
     gt_path = gt_path or inputs / "targets_gt.json"
 
     rows = {}
@@ -266,11 +267,14 @@ def evaluate_both(a: Path, b: Path, inputs: Path, report: dict, gt_path: Path | 
         ids = sorted(set(_target_ids(a)) & set(_target_ids(b)))
         mine = evaluate(gt_path, res, image_ids=ids)
         rows[name] = {
-            "own": json.loads((d / "eval.json").read_text()) if (d / "eval.json").exists() else None,
+            # a dump's own eval.json was computed against the inputs' ground truth only
+            "own": json.loads((d / "eval.json").read_text())
+            if default_gt and (d / "eval.json").exists()
+            else None,
             "refseg_eval": {t: mine[t] for t in ("bbox", "segm")},
             "pycocotools": plain_pycocotools(gt_path, res, ids),
         }
-    report["evaluation" if gt_path == inputs / "targets_gt.json" else "evaluation_against_a"] = rows
+    report["evaluation" if default_gt else "evaluation_against_a"] = rows
     print(f"[eval] ground truth: {gt_path.name}")
     for name in ("a", "b"):
         for how in ("own", "refseg_eval", "pycocotools"):
