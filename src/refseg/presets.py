@@ -1,7 +1,8 @@
 """Named settings (docs/method.md section 7). ``paper`` is exactly the method of
 docs/method.md, with the research code's resampling, crop, grid and box conventions
-(docs/fidelity.md); every other preset is a documented departure from it: ``paper-neg`` adds negative references to the paper's method,
-``fast`` uses small models, a coarser grid, negative references and refseg's own conventions."""
+(docs/fidelity.md); every other preset is a documented departure from it: ``paper-neg`` adds
+negative references to the paper's method, ``fast`` uses small models, a coarser grid,
+negative references and refseg's own conventions."""
 
 from __future__ import annotations
 

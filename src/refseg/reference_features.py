@@ -86,6 +86,18 @@ def crop_centre_box(
     return tuple(float(v) for v in mask_box_exclusive(mask))  # type: ignore[return-value]
 
 
+def reference_crop_box(
+    mask: np.ndarray,
+    context_ratio: float = 0.2,
+    box: Sequence[float] | None = None,
+    convention: str = "refseg",
+) -> tuple[int, int, int, int]:
+    """The crop bounds (x0, y0, x1, y1) of one reference: :func:`context_crop_box` around
+    :func:`crop_centre_box`, on the mask's (H, W). What the bank encodes and the pictures show."""
+    centre = crop_centre_box(mask, box, convention)
+    return context_crop_box(centre, mask.shape[:2], context_ratio, convention)
+
+
 def reference_inputs(
     image: np.ndarray,
     mask: np.ndarray,
@@ -113,8 +125,7 @@ def reference_inputs(
     """
     if mask.shape != image.shape[:2]:
         raise InvalidInputError(f"Mask shape {mask.shape} does not match image shape {image.shape[:2]}.")
-    centre = crop_centre_box(mask, box, convention)
-    x0, y0, x1, y1 = context_crop_box(centre, image.shape[:2], context_ratio, convention)
+    x0, y0, x1, y1 = reference_crop_box(mask, context_ratio, box, convention)
     crop = image_to_tensor(image[y0:y1, x0:x1])
     crop = F.interpolate(crop, size=(input_size, input_size), mode="bicubic", align_corners=False)
     crop_mask = torch.from_numpy(np.ascontiguousarray(mask[y0:y1, x0:x1])).float()[None, None]

@@ -22,7 +22,7 @@ from .errors import InvalidInputError
 from .instances import Instances
 from .masks import MaskLike, decode_mask
 from .models.base import Encoder
-from .reference_features import context_crop_box, crop_centre_box, reference_inputs
+from .reference_features import reference_crop_box, reference_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -318,9 +318,8 @@ def draw_reference(
 ) -> Image.Image:
     """The context crop the memory bank encodes, resized to ``size`` x ``size``, mask outlined.
 
-    Uses :func:`refseg.reference_features.crop_centre_box` and
-    :func:`refseg.reference_features.context_crop_box` (the bank's own crop), so what is shown
-    is what the encoder saw, apart from the resize.
+    Uses :func:`refseg.reference_features.reference_crop_box` (the bank's own crop), so what
+    is shown is what the encoder saw, apart from the resize.
 
     Args:
         image: the reference image (H, W).
@@ -334,8 +333,7 @@ def draw_reference(
     """
     pixels = load_image(image)
     mask = decode_mask(mask, pixels.shape[:2])
-    centre = crop_centre_box(mask, box, reference_crop)
-    x0, y0, x1, y1 = context_crop_box(centre, pixels.shape[:2], context_ratio, reference_crop)
+    x0, y0, x1, y1 = reference_crop_box(mask, context_ratio, box, reference_crop)
     color = class_color(class_name) if class_name is not None else (255, 255, 255)
     crop = Image.fromarray(pixels[y0:y1, x0:x1]).resize((size, size), Image.Resampling.BICUBIC)
     crop_mask = Image.fromarray(mask[y0:y1, x0:x1].astype(np.uint8) * 255).resize(

@@ -26,8 +26,9 @@ from PIL import Image
 from ..data.images import load_image
 from ..errors import InvalidInputError
 from ..instances import Instances
-from ..masks import mask_box_exclusive, mask_to_rle
-from ..memory import MemoryBank, context_crop_box
+from ..masks import mask_to_rle
+from ..memory import MemoryBank
+from ..reference_features import reference_crop_box
 from ..runner import box_convention_of
 from ..segmenter import Segmenter
 from ..viz import draw_reference, memory_picture
@@ -221,7 +222,7 @@ def add_reference(
     ref_id = segmenter.add_reference(image, name, mask=mask, negative=negative, source=provenance)
     state.bank = segmenter.memory
     ratio = state.bank.context_ratio
-    x0, y0, x1, y1 = context_crop_box(mask_box_exclusive(mask), mask.shape, ratio, state.bank.reference_crop)
+    x0, y0, x1, y1 = reference_crop_box(mask, ratio, None, state.bank.reference_crop)
     state.crops[ref_id] = (image[y0:y1, x0:x1].copy(), mask[y0:y1, x0:x1].copy())
     thumbnail = draw_reference(
         image,
