@@ -3,6 +3,8 @@ refseg's own in the other presets. Each test fails if its convention is changed 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -179,6 +181,23 @@ def test_a_memory_records_its_crop_convention_and_refuses_a_mix(tmp_path, pictur
     again.memory = loaded
     again.add_reference(picture, "thing", mask=mask)
     assert len(again.memory) == 2
+
+
+def test_a_memory_cropped_otherwise_than_the_preset_is_used_with_a_warning(tmp_path, picture, caplog) -> None:
+    mask = np.zeros(picture.shape[:2], dtype=bool)
+    mask[30:90, 40:130] = True
+    seg = segmenter()
+    seg.add_reference(picture, "thing", mask=mask)
+    caplog.set_level(logging.WARNING, logger="refseg.segmenter")
+    segmenter("paper").memory = seg.memory
+    assert not caplog.records
+    fast = segmenter("fast")
+    fast.memory = seg.memory
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "cropped the 'research' way, preset fast crops the 'refseg' way" in caplog.text
+    assert "--reference-crop refseg" in caplog.text
+    fast.predict(picture)  # the memory is used as it is
+    assert fast.memory is seg.memory
 
 
 def test_a_0_1_0_memory_is_assumed_cropped_the_refseg_way(tmp_path, picture) -> None:

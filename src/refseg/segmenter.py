@@ -127,6 +127,18 @@ class Segmenter:
     @memory.setter
     def memory(self, bank: MemoryBank) -> None:
         bank.check_encoder(self.encoder.identity)
+        crop = self.settings.reference_crop
+        if len(bank) > 0 and bank.reference_crop != crop:
+            # usable (features of either crop match), but not what this preset computes
+            logger.warning(
+                "The memory's references were cropped the %r way, preset %s crops the %r way: predictions use "
+                "the memory as it is, and adding references to it is refused (rebuild the memory with "
+                "--reference-crop %s to compute exactly what the preset does; docs/fidelity.md).",
+                bank.reference_crop,
+                self.settings.name,
+                crop,
+                crop,
+            )
         self._memory = bank
 
     def load_memory(self, path: str | os.PathLike) -> MemoryBank:
